@@ -1,0 +1,292 @@
+r"""Matrix-free linear operators.
+
+A :class:`LinearOperator` is a small immutable pytree holding a pair of pure functions
+``mv: (n,) -> (m,)`` and ``rmv: (m,) -> (n,)`` together with the static shape and dtype.
+Everything else (block products, dense materialisation, composition such as ``J - I`` or
+``J^T J``, conversion to scipy) is built from that pair.
+
+Block products vmap over columns in chunks of ``chunk_size`` so memory stays bounded, and
+optionally split the columns across the devices of a :class:`jax.sharding.Mesh`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec
+
+__all__ = [
+    "LinearOperator",
+    "add_identity",
+    "gram",
+    "transpose",
+    "materialise",
+]
+
+
+def _check_vector(x: Any, n: int, dtype: Any, what: str) -> jax.Array:
+    x = jnp.asarray(x)
+    if x.ndim != 1 or x.shape[0] != n:
+        raise ValueError(
+            f"{what}: expected a vector of shape ({n},), got shape {tuple(x.shape)}. "
+            "Flatten parameter pytrees with jax.flatten_util.ravel_pytree first."
+        )
+    if x.dtype != dtype:
+        raise TypeError(
+            f"{what}: expected dtype {jnp.dtype(dtype).name}, got {x.dtype.name}. "
+            f"Cast it first, e.g. x.astype({jnp.dtype(dtype).name!r})."
+        )
+    return x
+
+
+def _check_block(x: Any, n: int, dtype: Any, what: str) -> jax.Array:
+    x = jnp.asarray(x)
+    if x.ndim != 2 or x.shape[0] != n:
+        raise ValueError(
+            f"{what}: expected a block of shape ({n}, k), got shape {tuple(x.shape)}. "
+            "Columns are the vectors to multiply."
+        )
+    if x.dtype != dtype:
+        raise TypeError(
+            f"{what}: expected dtype {jnp.dtype(dtype).name}, got {x.dtype.name}. "
+            f"Cast it first, e.g. x.astype({jnp.dtype(dtype).name!r})."
+        )
+    return x
+
+
+def _finite_or_raise(y: jax.Array, what: str) -> jax.Array:
+    return eqx.error_if(
+        y,
+        ~jnp.all(jnp.isfinite(y)),
+        f"{what} produced NaN or inf. The training run or its derivative is not finite: "
+        "check for divergence (smaller learning rate), Adam with eps_root=0 (use eps_root>0, "
+        "e.g. 1e-8), or non-finite inputs.",
+    )
+
+
+def _chunked_vmap(fn: Callable, X: jax.Array, chunk_size: int) -> jax.Array:
+    """Apply ``fn: (n,) -> (m,)`` to every column of ``X: (n, k)``, ``chunk_size`` at a time."""
+    n, k = X.shape
+    c = max(1, min(chunk_size, k))
+    num_chunks = -(-k // c)
+    pad = num_chunks * c - k
+    Xt = jnp.pad(X.T, ((0, pad), (0, 0))).reshape(num_chunks, c, n)
+    Y = jax.lax.map(jax.vmap(fn), Xt)  # (num_chunks, c, m)
+    return Y.reshape(num_chunks * c, -1)[:k].T
+
+
+def _block_apply(fn: Callable, X: jax.Array, chunk_size: int, mesh: Mesh | None) -> jax.Array:
+    """Columns of ``X`` through ``fn``: chunked, and split across ``mesh`` devices if given."""
+    if mesh is None:
+        return _chunked_vmap(fn, X, chunk_size)
+    axis = mesh.axis_names[0]
+    num_dev = mesh.shape[axis]
+    k = X.shape[1]
+    pad = (-k) % num_dev
+    Xp = jnp.pad(X, ((0, 0), (0, pad)))
+    spec = PartitionSpec(None, axis)
+    local = jax.shard_map(
+        lambda Xl: _chunked_vmap(fn, Xl, chunk_size),
+        mesh=mesh,
+        in_specs=spec,
+        out_specs=spec,
+        check_vma=False,
+    )
+    return local(Xp)[:, :k]
+
+
+class LinearOperator(eqx.Module):
+    r"""A linear map :math:`A \in \mathbb{R}^{m \times n}` given by its products.
+
+    Parameters
+    ----------
+    mv
+        Pure function ``v: (n,) -> A v: (m,)``. Must be traceable by JAX.
+    rmv
+        Pure function ``u: (m,) -> A^T u: (n,)``.
+    shape
+        ``(m, n)``.
+    dtype
+        dtype of the vectors in and out.
+    chunk_size
+        Columns per vmapped chunk in :meth:`matmat` / :meth:`rmatmat` (bounds memory).
+    mesh
+        Optional device mesh; block products split their columns across its first axis.
+    check_finite
+        If True, products that produce NaN/inf raise (works under ``jit`` via ``eqx.error_if``).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp, matfree_tj as mtj
+    >>> A = jnp.arange(6.0).reshape(2, 3)
+    >>> op = mtj.LinearOperator(lambda v: A @ v, lambda u: A.T @ u, (2, 3), A.dtype)
+    >>> op.mv(jnp.ones(3))
+    Array([ 3., 12.], dtype=float32)
+    """
+
+    mv_fn: Callable = eqx.field(static=True)
+    rmv_fn: Callable = eqx.field(static=True)
+    shape: tuple[int, int] = eqx.field(static=True)
+    dtype: Any = eqx.field(static=True)
+    chunk_size: int = eqx.field(static=True, default=64)
+    mesh: Mesh | None = eqx.field(static=True, default=None)
+    check_finite: bool = eqx.field(static=True, default=True)
+
+    def __init__(self, mv, rmv, shape, dtype, *, chunk_size=64, mesh=None, check_finite=True):
+        if not (callable(mv) and callable(rmv)):
+            raise TypeError("LinearOperator(mv, rmv, shape, dtype): mv and rmv must be callables.")
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 2 or min(shape) < 1:
+            raise ValueError(f"shape must be (m, n) with m, n >= 1, got {shape}.")
+        if int(chunk_size) < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+        self.mv_fn = mv
+        self.rmv_fn = rmv
+        self.shape = shape
+        self.dtype = jnp.dtype(dtype)
+        self.chunk_size = int(chunk_size)
+        self.mesh = mesh
+        self.check_finite = bool(check_finite)
+
+    # -- single products ---------------------------------------------------------------
+    def mv(self, v: jax.Array) -> jax.Array:
+        """``A v`` for ``v`` of shape ``(n,)``."""
+        v = _check_vector(v, self.shape[1], self.dtype, "mv")
+        y = self.mv_fn(v)
+        return _finite_or_raise(y, "mv") if self.check_finite else y
+
+    def rmv(self, u: jax.Array) -> jax.Array:
+        """``A^T u`` for ``u`` of shape ``(m,)``."""
+        u = _check_vector(u, self.shape[0], self.dtype, "rmv")
+        y = self.rmv_fn(u)
+        return _finite_or_raise(y, "rmv") if self.check_finite else y
+
+    # -- block products ----------------------------------------------------------------
+    def matmat(self, V: jax.Array) -> jax.Array:
+        """``A V`` for ``V`` of shape ``(n, k)``: vmapped in chunks, sharded over ``mesh``."""
+        V = _check_block(V, self.shape[1], self.dtype, "matmat")
+        Y = _block_apply(self.mv_fn, V, self.chunk_size, self.mesh)
+        return _finite_or_raise(Y, "matmat") if self.check_finite else Y
+
+    def rmatmat(self, U: jax.Array) -> jax.Array:
+        """``A^T U`` for ``U`` of shape ``(m, k)``."""
+        U = _check_block(U, self.shape[0], self.dtype, "rmatmat")
+        Y = _block_apply(self.rmv_fn, U, self.chunk_size, self.mesh)
+        return _finite_or_raise(Y, "rmatmat") if self.check_finite else Y
+
+    @property
+    def T(self) -> LinearOperator:
+        """The transposed operator (swaps ``mv`` and ``rmv``)."""
+        return transpose(self)
+
+    # -- conversions -------------------------------------------------------------------
+    def to_dense(self) -> jax.Array:
+        """Materialise ``A`` as an ``(m, n)`` array by chunked forward products.
+
+        Costs ``n`` products (``ceil(n / chunk_size)`` vmapped chunks); memory is the
+        output plus one chunk. Use only on small problems (the checking oracle).
+        """
+        return materialise(self)
+
+    def to_scipy(self):
+        """A :class:`scipy.sparse.linalg.LinearOperator` view (float64 numpy in and out).
+
+        Products are jit-compiled once; vectors are cast to the operator dtype on the way in.
+        """
+        import scipy.sparse.linalg as spla
+
+        mv = jax.jit(self.mv)
+        rmv = jax.jit(self.rmv)
+        mm = jax.jit(self.matmat)
+        rmm = jax.jit(self.rmatmat)
+        dt = self.dtype
+
+        def wrap(f):
+            def g(x):
+                x = np.asarray(x)
+                squeeze = x.ndim == 2 and x.shape[1] == 1
+                x = x[:, 0] if squeeze else x
+                y = np.asarray(f(jnp.asarray(x, dtype=dt)), dtype=np.float64)
+                return y[:, None] if squeeze else y
+
+            return g
+
+        return spla.LinearOperator(
+            shape=self.shape,
+            matvec=wrap(mv),
+            rmatvec=wrap(rmv),
+            matmat=wrap(mm),
+            rmatmat=wrap(rmm),
+            dtype=np.float64,
+        )
+
+
+def transpose(op: LinearOperator) -> LinearOperator:
+    """``A^T`` as an operator."""
+    m, n = op.shape
+    return LinearOperator(
+        op.rmv_fn, op.mv_fn, (n, m), op.dtype,
+        chunk_size=op.chunk_size, mesh=op.mesh, check_finite=op.check_finite,
+    )
+
+
+def add_identity(op: LinearOperator, alpha: float = -1.0) -> LinearOperator:
+    r"""``A + alpha I`` for square ``A`` (``alpha=-1`` gives ``J - I``, exposing the bulk).
+
+    One product of ``A`` per product; nothing is materialised.
+    """
+    m, n = op.shape
+    if m != n:
+        raise ValueError(f"add_identity needs a square operator, got shape {op.shape}.")
+    a = float(alpha)
+    return LinearOperator(
+        lambda v: op.mv_fn(v) + a * v,
+        lambda u: op.rmv_fn(u) + a * u,
+        op.shape, op.dtype,
+        chunk_size=op.chunk_size, mesh=op.mesh, check_finite=op.check_finite,
+    )
+
+
+def gram(op: LinearOperator, side: str = "right") -> LinearOperator:
+    r"""``A^T A`` (``side="right"``, ``n x n``) or ``A A^T`` (``side="left"``, ``m x m``).
+
+    Symmetric; each product costs one ``mv`` and one ``rmv``.
+    """
+    m, n = op.shape
+    if side == "right":
+        f = lambda v: op.rmv_fn(op.mv_fn(v))  # noqa: E731
+        shape = (n, n)
+    elif side == "left":
+        f = lambda u: op.mv_fn(op.rmv_fn(u))  # noqa: E731
+        shape = (m, m)
+    else:
+        raise ValueError(f"side must be 'right' (A^T A) or 'left' (A A^T), got {side!r}.")
+    return LinearOperator(
+        f, f, shape, op.dtype,
+        chunk_size=op.chunk_size, mesh=op.mesh, check_finite=op.check_finite,
+    )
+
+
+def materialise(op: LinearOperator) -> jax.Array:
+    """Dense ``(m, n)`` matrix of ``op``, built column chunk by column chunk (forward mode)."""
+    m, n = op.shape
+    c = max(1, min(op.chunk_size, n))
+    num_chunks = -(-n // c)
+
+    @jax.jit
+    def build():
+        def chunk(i):
+            idx = i * c + jnp.arange(c)
+            E = (idx[:, None] == jnp.arange(n)[None, :]).astype(op.dtype)  # (c, n) unit rows
+            return jax.vmap(op.mv_fn)(E)  # (c, m)
+
+        cols = jax.lax.map(chunk, jnp.arange(num_chunks))
+        return cols.reshape(num_chunks * c, m)[:n].T
+
+    A = build()
+    return _finite_or_raise(A, "to_dense") if op.check_finite else A
