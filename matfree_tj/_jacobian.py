@@ -150,7 +150,7 @@ def training_jacobian(
     # Output structure must equal input structure: check abstractly before running anything.
     in_shapes = jax.eval_shape(lambda a: a, arrays0)
     try:
-        out_full = jax.eval_shape(train_fn, params0)
+        out_full = eqx.filter_eval_shape(train_fn, params0)
     except Exception as e:  # noqa: BLE001 - re-raise with context
         raise TypeError(f"train_fn(params0) failed to trace: {e}") from e
     out_arrays = eqx.filter(out_full, lambda x: isinstance(x, jax.ShapeDtypeStruct))

@@ -60,13 +60,16 @@ def _check_block(x: Any, n: int, dtype: Any, what: str) -> jax.Array:
 
 
 def _finite_or_raise(y: jax.Array, what: str) -> jax.Array:
-    return eqx.error_if(
-        y,
-        ~jnp.all(jnp.isfinite(y)),
+    msg = (
         f"{what} produced NaN or inf. The training run or its derivative is not finite: "
         "check for divergence (smaller learning rate), Adam with eps_root=0 (use eps_root>0, "
-        "e.g. 1e-8), or non-finite inputs.",
+        "e.g. 1e-8), or non-finite inputs. Pass check_finite=False to get the raw values."
     )
+    if isinstance(y, jax.core.Tracer):  # under jit/vmap: a runtime check that raises on the host
+        return eqx.error_if(y, ~jnp.all(jnp.isfinite(y)), msg)
+    if not bool(jnp.all(jnp.isfinite(y))):
+        raise FloatingPointError(msg)
+    return y
 
 
 def _chunked_vmap(fn: Callable, X: jax.Array, chunk_size: int) -> jax.Array:

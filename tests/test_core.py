@@ -1,0 +1,309 @@
+"""Core contract: training loops, the training-Jacobian operator, composition, dense oracle."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import matfree_tj as mtj
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _x64(x64):
+    yield
+
+
+def _flat(train_fn, params0):
+    theta0, unravel = ravel_pytree(params0)
+    return theta0, lambda th: ravel_pytree(train_fn(unravel(th)))[0]
+
+
+def _tiny(optimizer):
+    return mtj.examples.digits_mlp(hidden=4, num_train=48, batch_size=16, num_epochs=2,
+                                   optimizer=optimizer, dtype=jnp.float64, seed=3)
+
+
+# ---------------------------------------------------------------- adjoint identity ---------
+def _full_batch_mlp(optimizer):
+    m = _tiny("sgd")
+    train = mtj.make_train_fn(m.loss_fn, optimizer, mtj.full_batch_schedule((m.X_train, m.y_train), 5))
+    return train, m.params0
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["sgd-minibatch", "momentum-cosine-minibatch", "adam-minibatch", "sgd-fullbatch",
+     "momentum-cosine-fullbatch", "adam-fullbatch"],
+)
+def test_adjoint_identity(case):
+    name, schedule = case.rsplit("-", 1)
+    opt = {
+        "sgd": optax.sgd(0.3),
+        "momentum-cosine": optax.sgd(optax.cosine_decay_schedule(0.3, 6), momentum=0.9),
+        "adam": optax.adam(optax.cosine_decay_schedule(3e-2, 6), eps_root=1e-8),
+    }[name]
+    if schedule == "minibatch":
+        m = _tiny("sgd")
+        train = mtj.make_train_fn(m.loss_fn, opt, m.batches)
+        params0 = m.params0
+    else:
+        train, params0 = _full_batch_mlp(opt)
+    J = mtj.training_jacobian(train, params0)
+    P = J.shape[0]
+    ku, kv = jax.random.split(jax.random.key(hash(case) % 2**31))
+    u, v = jax.random.normal(ku, (P,)), jax.random.normal(kv, (P,))
+    lhs, rhs = jnp.vdot(u, J.mv(v)), jnp.vdot(J.rmv(u), v)
+    scale = jnp.linalg.norm(u) * jnp.linalg.norm(J.mv(v))
+    assert abs(lhs - rhs) <= 1e-10 * scale
+
+
+# ---------------------------------------------------------------- dense and blocks ---------
+@pytest.fixture(scope="module")
+def tiny_sgd():
+    m = _tiny("sgd")
+    return m, mtj.training_jacobian(m.train_fn, m.params0, chunk_size=16)
+
+
+def test_to_dense_matches_jacfwd(tiny_sgd):
+    m, J = tiny_sgd
+    theta0, f = _flat(m.train_fn, m.params0)
+    ref = jax.jacfwd(f)(theta0)
+    D = J.to_dense()
+    assert D.shape == (m.num_params, m.num_params)
+    np.testing.assert_allclose(D, ref, rtol=0, atol=1e-10 * float(jnp.abs(ref).max()))
+
+
+def test_block_products_match_columns(tiny_sgd):
+    _, J = tiny_sgd
+    P = J.shape[0]
+    V = jax.random.normal(jax.random.key(7), (P, 37))  # not a multiple of chunk_size
+    MV, RMV = J.matmat(V), J.rmatmat(V)
+    for i in (0, 15, 16, 36):
+        np.testing.assert_allclose(MV[:, i], J.mv(V[:, i]), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(RMV[:, i], J.rmv(V[:, i]), rtol=1e-12, atol=1e-12)
+
+
+def test_no_recompilation_on_second_call(tiny_sgd):
+    _, J = tiny_sgd
+    P = J.shape[0]
+    for _ in range(2):
+        J.mv(jnp.ones(P))
+        J.rmv(jnp.ones(P))
+    assert J.mv_fn._cache_size() == 1
+    assert J.rmv_fn._cache_size() == 1
+
+
+def test_primal_and_unravel(tiny_sgd):
+    m, J = tiny_sgd
+    theta_T, _ = ravel_pytree(m.train_fn(m.params0))
+    np.testing.assert_allclose(J.params_T_flat, theta_T, rtol=1e-12)
+    back = J.unravel(J.params0_flat)
+    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(m.params0)
+
+
+def test_forward_linearize_and_cached_reverse_agree(tiny_sgd):
+    m, J = tiny_sgd
+    J2 = mtj.training_jacobian(m.train_fn, m.params0, forward="linearize", cache_reverse=True)
+    v = jax.random.normal(jax.random.key(1), (J.shape[0],))
+    np.testing.assert_allclose(J2.mv(v), J.mv(v), rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(J2.rmv(v), J.rmv(v), rtol=1e-11, atol=1e-12)
+
+
+def test_mesh_sharded_block_products(tiny_sgd):
+    m, J = tiny_sgd
+    devices = jax.devices()
+    if len(devices) < 2:
+        pytest.skip("needs several devices (XLA_FLAGS=--xla_force_host_platform_device_count=4)")
+    mesh = jax.sharding.Mesh(np.array(devices), ("cols",))
+    Jm = mtj.training_jacobian(m.train_fn, m.params0, mesh=mesh, chunk_size=4)
+    V = jax.random.normal(jax.random.key(2), (J.shape[0], 10))  # 10 columns over 4 devices
+    np.testing.assert_allclose(Jm.matmat(V), J.matmat(V), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(Jm.rmatmat(V), J.rmatmat(V), rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- closed forms --------------
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_linear_regression_closed_form(momentum):
+    lr = mtj.examples.linear_regression(jax.random.key(0), 12, 40, eta=0.7, num_steps=9,
+                                        momentum=momentum)
+    J = mtj.training_jacobian(lr.train_fn, lr.params0)
+    np.testing.assert_allclose(J.to_dense(), lr.dense(), rtol=0, atol=1e-10)
+    if momentum == 0.0:
+        Sigma = np.asarray(lr.X.T @ lr.X) / lr.X.shape[0]
+        expect = np.linalg.matrix_power(np.eye(40) - 0.7 * Sigma, 9)
+        np.testing.assert_allclose(J.to_dense(), expect, rtol=0, atol=1e-10)
+    s = mtj.dense_svd(J).s
+    np.testing.assert_allclose(s, lr.singular_values, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------- checkpointing -------------
+def test_checkpoint_options_agree():
+    m = mtj.examples.digits_mlp(hidden=4, num_train=32, batch_size=8, num_epochs=3,  # T = 12
+                                dtype=jnp.float64)
+    u = jax.random.normal(jax.random.key(5), (m.num_params,))
+    outs = {ck: mtj.training_jacobian(m.train_fn, m.params0, checkpoint=ck).rmv(u)
+            for ck in ("none", "step", "sqrt")}
+    for ck in ("step", "sqrt"):
+        np.testing.assert_allclose(outs[ck], outs["none"], rtol=1e-10, atol=1e-12)
+
+
+def _reverse_temp_bytes(T, checkpoint):
+    m = mtj.examples.digits_mlp(hidden=4, num_train=16, batch_size=16, num_epochs=T,
+                                dtype=jnp.float64, checkpoint=checkpoint)
+    theta0, f = _flat(m.train_fn, m.params0)
+    g = jax.jit(lambda u: jax.vjp(f, theta0)[1](u)[0])
+    return g.lower(theta0).compile().memory_analysis().temp_size_in_bytes
+
+
+def test_sqrt_checkpoint_memory_is_sublinear_in_T():
+    small, large = 32, 512  # 16x more steps
+    none_ratio = _reverse_temp_bytes(large, "none") / _reverse_temp_bytes(small, "none")
+    sqrt_ratio = _reverse_temp_bytes(large, "sqrt") / _reverse_temp_bytes(small, "sqrt")
+    assert none_ratio > 8  # residuals for every step: ~16x
+    assert sqrt_ratio < 6  # O(sqrt(T)) carries: ~4x plus constant parts
+
+
+# ---------------------------------------------------------------- pytrees and equinox -------
+def test_equinox_module_params():
+    key = jax.random.key(0)
+    model = eqx.nn.MLP(3, 2, 4, 1, activation=jax.nn.tanh, key=key)
+    model = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64) if eqx.is_array(x) else x, model)
+    X = jax.random.normal(jax.random.key(1), (10, 3))
+    Y = jax.random.normal(jax.random.key(2), (10, 2))
+
+    def loss(mdl, batch):
+        x, y = batch
+        return jnp.mean((jax.vmap(mdl)(x) - y) ** 2)
+
+    train = mtj.make_train_fn(loss, optax.sgd(0.1, momentum=0.5), mtj.full_batch_schedule((X, Y), 4))
+    J = mtj.training_jacobian(train, model)
+    arrays, static = eqx.partition(model, eqx.is_array)
+    theta0, unravel = ravel_pytree(arrays)
+    f = lambda th: ravel_pytree(eqx.filter(train(eqx.combine(unravel(th), static)), eqx.is_array))[0]
+    np.testing.assert_allclose(J.to_dense(), jax.jacfwd(f)(theta0), rtol=0, atol=1e-10)
+
+
+def test_schedules():
+    X = jnp.arange(10.0)[:, None]
+    y = jnp.arange(10)
+    b = mtj.minibatch_schedule((X, y), 3, 2)
+    assert b[0].shape == (6, 3, 1) and b[1].shape == (6, 3)
+    np.testing.assert_array_equal(b[1][:3].ravel(), np.arange(9))
+    key = jax.random.key(4)
+    s1 = mtj.minibatch_schedule((X, y), 5, 3, key=key)
+    s2 = mtj.minibatch_schedule((X, y), 5, 3, key=key)
+    np.testing.assert_array_equal(s1[1], s2[1])
+    assert sorted(np.asarray(s1[1][:2]).ravel().tolist()) == list(range(10))
+    assert not np.array_equal(s1[1][:2], s1[1][2:4])  # reshuffled per epoch
+    with pytest.raises(ValueError, match="batch_size"):
+        mtj.minibatch_schedule((X, y), 11, 1)
+
+
+# ---------------------------------------------------------------- composition ---------------
+def test_composition_and_scipy():
+    A = jax.random.normal(jax.random.key(0), (6, 6))
+    op = mtj.LinearOperator(lambda v: A @ v, lambda u: A.T @ u, A.shape, A.dtype, chunk_size=4)
+    np.testing.assert_allclose(mtj.add_identity(op).to_dense(), A - jnp.eye(6), atol=1e-14)
+    np.testing.assert_allclose(mtj.add_identity(op, 2.5).T.to_dense(), A.T + 2.5 * jnp.eye(6),
+                               atol=1e-14)
+    np.testing.assert_allclose(mtj.gram(op).to_dense(), A.T @ A, atol=1e-13)
+    np.testing.assert_allclose(mtj.gram(op, "left").to_dense(), A @ A.T, atol=1e-13)
+    sp = op.to_scipy()
+    x = np.random.default_rng(0).standard_normal((6, 3))
+    np.testing.assert_allclose(sp.matvec(x[:, 0]), np.asarray(A) @ x[:, 0], atol=1e-13)
+    np.testing.assert_allclose(sp.rmatvec(x[:, 0]), np.asarray(A).T @ x[:, 0], atol=1e-13)
+    np.testing.assert_allclose(sp.matmat(x), np.asarray(A) @ x, atol=1e-13)
+    svd = mtj.dense_svd(op, compute_vectors=True)
+    np.testing.assert_allclose(svd.U * svd.s @ svd.V.T, A, atol=1e-12)
+    np.testing.assert_allclose(svd.s, np.linalg.svd(np.asarray(A), compute_uv=False), rtol=1e-12)
+    with pytest.raises(ValueError, match="square"):
+        mtj.add_identity(mtj.LinearOperator(lambda v: v[:2], lambda u: u, (2, 3), A.dtype))
+
+
+# ---------------------------------------------------------------- bad input -----------------
+def test_bad_vectors(tiny_sgd):
+    _, J = tiny_sgd
+    P = J.shape[0]
+    with pytest.raises(ValueError, match=r"shape \(%d,\)" % P):
+        J.mv(jnp.ones(P + 1))
+    with pytest.raises(ValueError, match="shape"):
+        J.rmv(jnp.ones((P, 1)))
+    with pytest.raises(TypeError, match="dtype"):
+        J.mv(jnp.ones(P, jnp.float32))
+    with pytest.raises(TypeError, match="dtype"):
+        J.rmv(jnp.ones(P, jnp.int32))
+    with pytest.raises(ValueError, match="block"):
+        J.matmat(jnp.ones(P))
+
+
+def test_integer_params_rejected():
+    train = lambda p: p
+    with pytest.raises(TypeError, match=r"\['step'\] has dtype int.*floating-point"):
+        mtj.training_jacobian(train, {"w": jnp.ones(3), "step": jnp.array(1)})
+
+
+def test_output_structure_mismatch_rejected():
+    with pytest.raises(ValueError, match="same structure"):
+        mtj.training_jacobian(lambda p: (p, p), jnp.ones(3))
+    with pytest.raises(ValueError, match="same structure"):
+        mtj.training_jacobian(lambda p: p[:2], jnp.ones(3))
+
+
+def test_divergent_training_rejected():
+    lr = mtj.examples.linear_regression(jax.random.key(0), 5, 8, eta=1.0, num_steps=3000,
+                                        eigenvalues=np.full(5, 3.0))  # |1 - 3| ^ 3000 overflows
+    with pytest.raises(FloatingPointError, match="diverged"):
+        mtj.training_jacobian(lr.train_fn, lr.params0)
+
+
+def test_non_finite_product_rejected():
+    J = mtj.training_jacobian(lambda p: jnp.sqrt(p), jnp.array([0.0, 1.0]))  # d sqrt at 0 = inf
+    with pytest.raises(FloatingPointError, match="NaN or inf"):
+        J.mv(jnp.ones(2))
+    with pytest.raises(Exception, match="NaN or inf"):
+        jax.jit(J.matmat)(jnp.ones((2, 2)))
+    raw = mtj.training_jacobian(lambda p: jnp.sqrt(p), jnp.array([0.0, 1.0]), check_finite=False)
+    assert not bool(jnp.all(jnp.isfinite(raw.mv(jnp.ones(2)))))
+
+
+def test_non_differentiable_rejected():
+    def train(p):
+        return jax.pure_callback(lambda x: np.asarray(x) * 2, jax.ShapeDtypeStruct(p.shape, p.dtype), p)
+
+    with pytest.raises(TypeError, match="not differentiable"):
+        mtj.training_jacobian(train, jnp.ones(3))
+
+
+def test_non_deterministic_rejected():
+    calls = {"n": 0}
+
+    def train(p):
+        calls["n"] += 1  # a value baked in at trace time: differs between traces
+        return p * calls["n"]
+
+    with pytest.raises(ValueError, match="not deterministic"):
+        mtj.training_jacobian(train, jnp.ones(3))
+
+
+def test_adam_without_eps_root_warns():
+    X, y = jnp.ones((4, 2)), jnp.zeros(4)
+    loss = lambda w, b: jnp.mean((b[0] @ w - b[1]) ** 2)
+    with pytest.warns(UserWarning, match="eps_root"):
+        mtj.make_train_fn(loss, optax.adam(1e-3), mtj.full_batch_schedule((X, y), 2))
+    with pytest.warns(UserWarning, match="eps_root"):
+        mtj.make_train_fn(loss, optax.adamw(1e-3), mtj.full_batch_schedule((X, y), 2))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mtj.make_train_fn(loss, optax.adam(1e-3, eps_root=1e-8), mtj.full_batch_schedule((X, y), 2))
+
+
+def test_checkpoint_needs_make_train_fn():
+    with pytest.raises(ValueError, match="make_train_fn"):
+        mtj.training_jacobian(lambda p: 2 * p, jnp.ones(3), checkpoint="sqrt")
+    with pytest.raises(ValueError, match="checkpoint must be one of"):
+        mtj.training_jacobian(lambda p: 2 * p, jnp.ones(3), checkpoint="bogus")
