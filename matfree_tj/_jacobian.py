@@ -32,6 +32,17 @@ from ._train import CHECKPOINT_MODES
 __all__ = ["TrainingJacobian", "training_jacobian"]
 
 
+class _RunInfo:
+    """Arrays and functions of one training run, held by identity (keeps the operator hashable,
+    so ``jax.jit(J.matmat)`` works and a jitted solver can close over ``J``)."""
+
+    def __init__(self, params0_flat, params_T_flat, unravel, train_fn):
+        self.params0_flat = params0_flat
+        self.params_T_flat = params_T_flat
+        self.unravel = unravel
+        self.train_fn = train_fn
+
+
 class TrainingJacobian(LinearOperator):
     """A :class:`LinearOperator` for ``d train_fn(params0) / d params0`` on flat parameters.
 
@@ -39,19 +50,29 @@ class TrainingJacobian(LinearOperator):
     (flat vector -> parameter pytree), ``train_fn`` and ``num_params``.
     """
 
-    params0_flat: jax.Array
-    params_T_flat: jax.Array
-    unravel: Callable = eqx.field(static=True)
-    train_fn: Callable
+    run: _RunInfo = eqx.field(static=True)
 
-    def __init__(self, mv, rmv, shape, dtype, *, params0_flat, params_T_flat, unravel,
-                 train_fn, chunk_size=64, mesh=None, check_finite=True):
+    def __init__(self, mv, rmv, shape, dtype, *, run, chunk_size=64, mesh=None,
+                 check_finite=True):
         super().__init__(mv, rmv, shape, dtype, chunk_size=chunk_size, mesh=mesh,
                          check_finite=check_finite)
-        self.params0_flat = params0_flat
-        self.params_T_flat = params_T_flat
-        self.unravel = unravel
-        self.train_fn = train_fn
+        self.run = run
+
+    @property
+    def params0_flat(self) -> jax.Array:
+        return self.run.params0_flat
+
+    @property
+    def params_T_flat(self) -> jax.Array:
+        return self.run.params_T_flat
+
+    @property
+    def unravel(self) -> Callable:
+        return self.run.unravel
+
+    @property
+    def train_fn(self) -> Callable:
+        return self.run.train_fn
 
     @property
     def num_params(self) -> int:
@@ -223,6 +244,6 @@ def training_jacobian(
 
     return TrainingJacobian(
         mv, rmv, (P, P), dtype,
-        params0_flat=theta0, params_T_flat=theta_T, unravel=unravel, train_fn=train_fn,
+        run=_RunInfo(theta0, theta_T, unravel, train_fn),
         chunk_size=chunk_size, mesh=mesh, check_finite=check_finite,
     )

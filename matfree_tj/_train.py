@@ -110,18 +110,24 @@ def _warn_adam_eps_root(optimizer: optax.GradientTransformation) -> None:
             return
 
 
-class TrainFn(eqx.Module):
+class TrainFn:
     r"""A deterministic training run ``params0 -> params_T`` (callable).
 
     Built by :func:`make_train_fn`; ``with_checkpoint(mode)`` returns the same run with a
-    different reverse-mode memory layout (same values, same derivatives).
+    different reverse-mode memory layout (same values, same derivatives). A plain Python
+    object hashed by identity, so ``jax.jit(train_fn)`` works and compiles once.
     """
 
-    loss_fn: Callable = eqx.field(static=True)
-    optimizer: optax.GradientTransformation = eqx.field(static=True)
-    batches: Any
-    checkpoint: str = eqx.field(static=True, default="none")
-    unroll: int = eqx.field(static=True, default=1)
+    def __init__(self, loss_fn, optimizer, batches, checkpoint="none", unroll=1):
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.batches = batches
+        self.checkpoint = checkpoint
+        self.unroll = unroll
+
+    def __repr__(self) -> str:
+        return (f"TrainFn(num_steps={self.num_steps}, checkpoint={self.checkpoint!r}, "
+                f"loss_fn={getattr(self.loss_fn, '__name__', self.loss_fn)})")
 
     @property
     def num_steps(self) -> int:
