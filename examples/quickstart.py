@@ -46,11 +46,15 @@ def main(argv=None):
 
     t0 = time.perf_counter()
     top = mtj.top_singular(J, args.k, key=key_s)
-    print(f"top-{args.k} singular values ({top.num_products} products, "
-          f"{time.perf_counter() - t0:.1f} s):")
+    print(
+        f"top-{args.k} singular values ({top.num_products} products, "
+        f"{time.perf_counter() - t0:.1f} s):"
+    )
     for i in range(args.k):
         flag = "converged" if bool(top.converged[i]) else "NOT converged"
-        print(f"  sigma_{i + 1:<3d} = {float(top.s[i]):10.5f}   residual {float(top.residuals[i]):.1e}  {flag}")
+        print(
+            f"  sigma_{i + 1:<3d} = {float(top.s[i]):10.5f}   residual {float(top.residuals[i]):.1e}  {flag}"
+        )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ class DenseSVD(eqx.Module):
     V: np.ndarray | None = None
 
 
-def dense_svd(op: LinearOperator | Any, compute_vectors: bool = False, *, dtype: Any = np.float64) -> DenseSVD:
+def dense_svd(
+    op: LinearOperator | Any, compute_vectors: bool = False, *, dtype: Any = np.float64
+) -> DenseSVD:
     r"""All singular values (and optionally vectors) of ``op``, densely.
 
     Parameters
@@ -57,8 +59,9 @@ def dense_svd(op: LinearOperator | Any, compute_vectors: bool = False, *, dtype:
     for driver in ("gesdd", "gesvd"):
         try:
             if compute_vectors:
-                U, s, Vh = scipy.linalg.svd(A, full_matrices=False, lapack_driver=driver,
-                                            check_finite=False)
+                U, s, Vh = scipy.linalg.svd(
+                    A, full_matrices=False, lapack_driver=driver, check_finite=False
+                )
                 if np.all(np.isfinite(s)) and np.all(np.isfinite(U)) and np.all(np.isfinite(Vh)):
                     return DenseSVD(s=s, U=U, V=Vh.T)
             else:

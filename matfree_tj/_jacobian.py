@@ -52,10 +52,10 @@ class TrainingJacobian(LinearOperator):
 
     run: _RunInfo = eqx.field(static=True)
 
-    def __init__(self, mv, rmv, shape, dtype, *, run, chunk_size=64, mesh=None,
-                 check_finite=True):
-        super().__init__(mv, rmv, shape, dtype, chunk_size=chunk_size, mesh=mesh,
-                         check_finite=check_finite)
+    def __init__(self, mv, rmv, shape, dtype, *, run, chunk_size=64, mesh=None, check_finite=True):
+        super().__init__(
+            mv, rmv, shape, dtype, chunk_size=chunk_size, mesh=mesh, check_finite=check_finite
+        )
         self.run = run
 
     @property
@@ -222,7 +222,7 @@ def training_jacobian(
             "check the data for non-finite values, or use a smaller number of steps."
         )
     if check_deterministic:
-        again = jax.jit(f_fwd)(theta0)
+        again = jax.jit(lambda th: f_fwd(th))(theta0)  # a fresh trace, not the cached one
         if not bool(jnp.all(again == theta_T)):
             raise ValueError(
                 "train_fn is not deterministic: two runs from the same params0 differ (max "
@@ -243,7 +243,12 @@ def training_jacobian(
         rmv = jax.jit(lambda u: jax.vjp(f_rev, theta0)[1](u)[0])
 
     return TrainingJacobian(
-        mv, rmv, (P, P), dtype,
+        mv,
+        rmv,
+        (P, P),
+        dtype,
         run=_RunInfo(theta0, theta_T, unravel, train_fn),
-        chunk_size=chunk_size, mesh=mesh, check_finite=check_finite,
+        chunk_size=chunk_size,
+        mesh=mesh,
+        check_finite=check_finite,
     )

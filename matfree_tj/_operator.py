@@ -233,8 +233,13 @@ def transpose(op: LinearOperator) -> LinearOperator:
     """``A^T`` as an operator."""
     m, n = op.shape
     return LinearOperator(
-        op.rmv_fn, op.mv_fn, (n, m), op.dtype,
-        chunk_size=op.chunk_size, mesh=op.mesh, check_finite=op.check_finite,
+        op.rmv_fn,
+        op.mv_fn,
+        (n, m),
+        op.dtype,
+        chunk_size=op.chunk_size,
+        mesh=op.mesh,
+        check_finite=op.check_finite,
     )
 
 
@@ -250,8 +255,11 @@ def add_identity(op: LinearOperator, alpha: float = -1.0) -> LinearOperator:
     return LinearOperator(
         lambda v: op.mv_fn(v) + a * v,
         lambda u: op.rmv_fn(u) + a * u,
-        op.shape, op.dtype,
-        chunk_size=op.chunk_size, mesh=op.mesh, check_finite=op.check_finite,
+        op.shape,
+        op.dtype,
+        chunk_size=op.chunk_size,
+        mesh=op.mesh,
+        check_finite=op.check_finite,
     )
 
 
@@ -270,8 +278,13 @@ def gram(op: LinearOperator, side: str = "right") -> LinearOperator:
     else:
         raise ValueError(f"side must be 'right' (A^T A) or 'left' (A A^T), got {side!r}.")
     return LinearOperator(
-        f, f, shape, op.dtype,
-        chunk_size=op.chunk_size, mesh=op.mesh, check_finite=op.check_finite,
+        f,
+        f,
+        shape,
+        op.dtype,
+        chunk_size=op.chunk_size,
+        mesh=op.mesh,
+        check_finite=op.check_finite,
     )
 
 

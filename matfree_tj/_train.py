@@ -71,6 +71,7 @@ def _num_steps(batches: Any) -> int:
 
 def _warn_adam_eps_root(optimizer: optax.GradientTransformation) -> None:
     """Warn if the optimizer's init state contains an Adam-like transform with eps_root == 0."""
+
     # optax keeps hyperparameters in closures; scan the closure cells for eps_root.
     def cells(fn, depth=0):
         if depth > 6 or not callable(fn):
@@ -126,8 +127,10 @@ class TrainFn:
         self.unroll = unroll
 
     def __repr__(self) -> str:
-        return (f"TrainFn(num_steps={self.num_steps}, checkpoint={self.checkpoint!r}, "
-                f"loss_fn={getattr(self.loss_fn, '__name__', self.loss_fn)})")
+        return (
+            f"TrainFn(num_steps={self.num_steps}, checkpoint={self.checkpoint!r}, "
+            f"loss_fn={getattr(self.loss_fn, '__name__', self.loss_fn)})"
+        )
 
     @property
     def num_steps(self) -> int:

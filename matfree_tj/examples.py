@@ -59,8 +59,11 @@ def mlp_init(key: jax.Array, sizes: tuple[int, ...], dtype=jnp.float32) -> dict:
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         key, kw, kb = jax.random.split(key, 3)
         std = fan_in**-0.5
-        params[f"w{i}"] = (std * jax.random.truncated_normal(kw, -2.0, 2.0, (fan_in, fan_out))
-                           / 0.87962566103423978).astype(dtype)
+        params[f"w{i}"] = (
+            std
+            * jax.random.truncated_normal(kw, -2.0, 2.0, (fan_in, fan_out))
+            / 0.87962566103423978
+        ).astype(dtype)
         params[f"b{i}"] = (std * jax.random.normal(kb, (fan_out,))).astype(dtype)
     return params
 
@@ -194,11 +197,22 @@ def digits_mlp(
         return cross_entropy(mlp_apply, params, batch)
 
     train_fn = make_train_fn(loss_fn, opt, batches, checkpoint=checkpoint)
-    config = dict(hidden=int(hidden), depth=int(depth), seed=int(seed), optimizer=optimizer,
-                  num_epochs=int(num_epochs), batch_size=batch_size, learning_rate=lr,
-                  num_steps=T, labels=labels, inputs=inputs, dtype=jnp.dtype(dtype).name)
-    return DigitsMLP(train_fn, params0, mlp_apply, loss_fn, opt, X_tr, y_tr, X_te, y_te,
-                     batches, config)
+    config = dict(
+        hidden=int(hidden),
+        depth=int(depth),
+        seed=int(seed),
+        optimizer=optimizer,
+        num_epochs=int(num_epochs),
+        batch_size=batch_size,
+        learning_rate=lr,
+        num_steps=T,
+        labels=labels,
+        inputs=inputs,
+        dtype=jnp.dtype(dtype).name,
+    )
+    return DigitsMLP(
+        train_fn, params0, mlp_apply, loss_fn, opt, X_tr, y_tr, X_te, y_te, batches, config
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -222,8 +236,9 @@ def momentum_gd_singular_values(eigenvalues, eta: float, num_steps: int, momentu
     A[:, 1, 0] = lam
     A[:, 1, 1] = momentum
     M = np.broadcast_to(np.eye(2), A.shape).copy()
-    for _ in range(int(num_steps)):
-        M = A @ M
+    with np.errstate(over="ignore", invalid="ignore"):  # diverging modes may overflow to inf
+        for _ in range(int(num_steps)):
+            M = A @ M
     return M[:, 0, 0]
 
 
@@ -300,5 +315,6 @@ def linear_regression(
     opt = optax.sgd(eta, momentum=momentum if momentum else None)
     train_fn = make_train_fn(loss_fn, opt, full_batch_schedule((X, y), num_steps))
     factors = momentum_gd_singular_values(lam, eta, num_steps, momentum)
-    return LinearRegression(train_fn, params0, X, y, lam, W, factors, float(eta), float(momentum),
-                            int(num_steps))
+    return LinearRegression(
+        train_fn, params0, X, y, lam, W, factors, float(eta), float(momentum), int(num_steps)
+    )

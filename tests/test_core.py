@@ -22,21 +22,36 @@ def _flat(train_fn, params0):
 
 
 def _tiny(optimizer):
-    return mtj.examples.digits_mlp(hidden=4, num_train=48, batch_size=16, num_epochs=2,
-                                   optimizer=optimizer, dtype=jnp.float64, seed=3)
+    return mtj.examples.digits_mlp(
+        hidden=4,
+        num_train=48,
+        batch_size=16,
+        num_epochs=2,
+        optimizer=optimizer,
+        dtype=jnp.float64,
+        seed=3,
+    )
 
 
 # ---------------------------------------------------------------- adjoint identity ---------
 def _full_batch_mlp(optimizer):
     m = _tiny("sgd")
-    train = mtj.make_train_fn(m.loss_fn, optimizer, mtj.full_batch_schedule((m.X_train, m.y_train), 5))
+    train = mtj.make_train_fn(
+        m.loss_fn, optimizer, mtj.full_batch_schedule((m.X_train, m.y_train), 5)
+    )
     return train, m.params0
 
 
 @pytest.mark.parametrize(
     "case",
-    ["sgd-minibatch", "momentum-cosine-minibatch", "adam-minibatch", "sgd-fullbatch",
-     "momentum-cosine-fullbatch", "adam-fullbatch"],
+    [
+        "sgd-minibatch",
+        "momentum-cosine-minibatch",
+        "adam-minibatch",
+        "sgd-fullbatch",
+        "momentum-cosine-fullbatch",
+        "adam-fullbatch",
+    ],
 )
 def test_adjoint_identity(case):
     name, schedule = case.rsplit("-", 1)
@@ -127,8 +142,9 @@ def test_mesh_sharded_block_products(tiny_sgd):
 # ---------------------------------------------------------------- closed forms --------------
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_linear_regression_closed_form(momentum):
-    lr = mtj.examples.linear_regression(jax.random.key(0), 12, 40, eta=0.7, num_steps=9,
-                                        momentum=momentum)
+    lr = mtj.examples.linear_regression(
+        jax.random.key(0), 12, 40, eta=0.7, num_steps=9, momentum=momentum
+    )
     J = mtj.training_jacobian(lr.train_fn, lr.params0)
     np.testing.assert_allclose(J.to_dense(), lr.dense(), rtol=0, atol=1e-10)
     if momentum == 0.0:
@@ -141,18 +157,31 @@ def test_linear_regression_closed_form(momentum):
 
 # ---------------------------------------------------------------- checkpointing -------------
 def test_checkpoint_options_agree():
-    m = mtj.examples.digits_mlp(hidden=4, num_train=32, batch_size=8, num_epochs=3,  # T = 12
-                                dtype=jnp.float64)
+    m = mtj.examples.digits_mlp(
+        hidden=4,
+        num_train=32,
+        batch_size=8,
+        num_epochs=3,  # T = 12
+        dtype=jnp.float64,
+    )
     u = jax.random.normal(jax.random.key(5), (m.num_params,))
-    outs = {ck: mtj.training_jacobian(m.train_fn, m.params0, checkpoint=ck).rmv(u)
-            for ck in ("none", "step", "sqrt")}
+    outs = {
+        ck: mtj.training_jacobian(m.train_fn, m.params0, checkpoint=ck).rmv(u)
+        for ck in ("none", "step", "sqrt")
+    }
     for ck in ("step", "sqrt"):
         np.testing.assert_allclose(outs[ck], outs["none"], rtol=1e-10, atol=1e-12)
 
 
 def _reverse_temp_bytes(T, checkpoint):
-    m = mtj.examples.digits_mlp(hidden=4, num_train=16, batch_size=16, num_epochs=T,
-                                dtype=jnp.float64, checkpoint=checkpoint)
+    m = mtj.examples.digits_mlp(
+        hidden=4,
+        num_train=16,
+        batch_size=16,
+        num_epochs=T,
+        dtype=jnp.float64,
+        checkpoint=checkpoint,
+    )
     theta0, f = _flat(m.train_fn, m.params0)
     g = jax.jit(lambda u: jax.vjp(f, theta0)[1](u)[0])
     return g.lower(theta0).compile().memory_analysis().temp_size_in_bytes
@@ -178,11 +207,15 @@ def test_equinox_module_params():
         x, y = batch
         return jnp.mean((jax.vmap(mdl)(x) - y) ** 2)
 
-    train = mtj.make_train_fn(loss, optax.sgd(0.1, momentum=0.5), mtj.full_batch_schedule((X, Y), 4))
+    train = mtj.make_train_fn(
+        loss, optax.sgd(0.1, momentum=0.5), mtj.full_batch_schedule((X, Y), 4)
+    )
     J = mtj.training_jacobian(train, model)
     arrays, static = eqx.partition(model, eqx.is_array)
     theta0, unravel = ravel_pytree(arrays)
-    f = lambda th: ravel_pytree(eqx.filter(train(eqx.combine(unravel(th), static)), eqx.is_array))[0]
+    f = lambda th: ravel_pytree(eqx.filter(train(eqx.combine(unravel(th), static)), eqx.is_array))[
+        0
+    ]
     np.testing.assert_allclose(J.to_dense(), jax.jacfwd(f)(theta0), rtol=0, atol=1e-10)
 
 
@@ -207,8 +240,9 @@ def test_composition_and_scipy():
     A = jax.random.normal(jax.random.key(0), (6, 6))
     op = mtj.LinearOperator(lambda v: A @ v, lambda u: A.T @ u, A.shape, A.dtype, chunk_size=4)
     np.testing.assert_allclose(mtj.add_identity(op).to_dense(), A - jnp.eye(6), atol=1e-14)
-    np.testing.assert_allclose(mtj.add_identity(op, 2.5).T.to_dense(), A.T + 2.5 * jnp.eye(6),
-                               atol=1e-14)
+    np.testing.assert_allclose(
+        mtj.add_identity(op, 2.5).T.to_dense(), A.T + 2.5 * jnp.eye(6), atol=1e-14
+    )
     np.testing.assert_allclose(mtj.gram(op).to_dense(), A.T @ A, atol=1e-13)
     np.testing.assert_allclose(mtj.gram(op, "left").to_dense(), A @ A.T, atol=1e-13)
     sp = op.to_scipy()
@@ -253,8 +287,9 @@ def test_output_structure_mismatch_rejected():
 
 
 def test_divergent_training_rejected():
-    lr = mtj.examples.linear_regression(jax.random.key(0), 5, 8, eta=1.0, num_steps=3000,
-                                        eigenvalues=np.full(5, 3.0))  # |1 - 3| ^ 3000 overflows
+    lr = mtj.examples.linear_regression(
+        jax.random.key(0), 5, 8, eta=1.0, num_steps=3000, eigenvalues=np.full(5, 3.0)
+    )  # |1 - 3| ^ 3000 overflows
     with pytest.raises(FloatingPointError, match="diverged"):
         mtj.training_jacobian(lr.train_fn, lr.params0)
 
@@ -271,7 +306,9 @@ def test_non_finite_product_rejected():
 
 def test_non_differentiable_rejected():
     def train(p):
-        return jax.pure_callback(lambda x: np.asarray(x) * 2, jax.ShapeDtypeStruct(p.shape, p.dtype), p)
+        return jax.pure_callback(
+            lambda x: np.asarray(x) * 2, jax.ShapeDtypeStruct(p.shape, p.dtype), p
+        )
 
     with pytest.raises(TypeError, match="not differentiable"):
         mtj.training_jacobian(train, jnp.ones(3))

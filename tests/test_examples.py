@@ -14,7 +14,11 @@ EXAMPLES = sorted((pathlib.Path(__file__).parent.parent / "examples").glob("*.py
 def test_example_runs_quick(script, tmp_path):
     env = dict(os.environ, MPLBACKEND="Agg")
     proc = subprocess.run(
-        [sys.executable, str(script), "--quick"], cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, str(script), "--quick"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
