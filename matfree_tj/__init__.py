@@ -16,3 +16,15 @@ from ._train import make_train_fn as make_train_fn
 from ._train import minibatch_schedule as minibatch_schedule
 
 __version__ = "0.1.0"
+from ._lanczos import bottom_singular as bottom_singular
+from ._lanczos import top_singular as top_singular
+from ._randomized import randomized_svd as randomized_svd
+from ._results import RegionCounts as RegionCounts
+from ._results import ResolutionWarning as ResolutionWarning
+from ._results import SingularTriplets as SingularTriplets
+from ._results import SpectralDensity as SpectralDensity
+from ._slq import region_counts as region_counts
+from ._slq import singular_value_density as singular_value_density
+from ._subspace import principal_cosines as principal_cosines
+from ._subspace import project_off as project_off
+from ._subspace import project_onto as project_onto

@@ -1,0 +1,286 @@
+r"""Typed results of the spectral estimators.
+
+Every estimator returns one of these instead of a bare tuple: the values, the vectors, the
+accuracy they carry (residual norms from the operator, convergence flags, standard errors)
+and the cost (number of operator products).
+
+* :class:`SingularTriplets` -- from :func:`~matfree_tj.top_singular` and
+  :func:`~matfree_tj.bottom_singular`.
+* :class:`SpectralDensity` -- from :func:`~matfree_tj.singular_value_density` (stochastic
+  Lanczos quadrature): per-probe Gauss nodes and weights, counts with standard errors, a
+  smoothed density.
+* :class:`RegionCounts` -- from :func:`~matfree_tj.region_counts`: the chaotic / bulk / stable
+  split of the spectrum with per-region standard errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Any
+
+import equinox as eqx
+import jax
+import numpy as np
+
+__all__ = [
+    "SingularTriplets",
+    "SpectralDensity",
+    "RegionCounts",
+    "RegionStderr",
+    "ResolutionWarning",
+]
+
+
+class ResolutionWarning(UserWarning):
+    """A spectral estimate was asked for finer detail than its number of Lanczos steps resolves."""
+
+
+class SingularTriplets(eqx.Module):
+    r"""Approximate singular triplets, :math:`A v_i \approx s_i u_i` and
+    :math:`A^T u_i \approx s_i v_i`.
+
+    Attributes
+    ----------
+    s
+        ``(k,)`` singular values: descending from :func:`top_singular`, ascending from
+        :func:`bottom_singular`.
+    U, V
+        ``(m, k)`` and ``(n, k)`` left and right singular vectors (orthonormal columns).
+    residuals
+        ``(k,)`` :math:`r_i = \sqrt{\|A v_i - s_i u_i\|^2 + \|A^T u_i - s_i v_i\|^2}`, computed
+        from fresh operator products (not from the recurrence). By the symmetric perturbation
+        theorem applied to :math:`[[0, A], [A^T, 0]]`, some exact singular value lies within
+        :math:`r_i / \sqrt 2` of :math:`s_i`.
+    converged
+        ``(k,)`` bool: ``residuals <= tol * s + atol`` (the tolerances are kept in ``tol`` and
+        ``atol``). A value flagged converged is certified to that accuracy; it is a true
+        singular value, though not necessarily the i-th one if the solver missed a value.
+    num_products
+        Operator products used (``mv`` and ``rmv`` each count one; a block product of ``b``
+        columns counts ``b``).
+    status
+        ``"converged"`` (all ``k`` flags set), ``"max_products"`` (budget spent first),
+        ``"breakdown"`` (the Krylov space was exhausted) or ``"nonfinite"``.
+    method, which
+        The algorithm and end of the spectrum (``"largest"`` or ``"smallest"``).
+    """
+
+    s: jax.Array
+    U: jax.Array
+    V: jax.Array
+    residuals: jax.Array
+    converged: jax.Array
+    num_products: int = eqx.field(static=True)
+    status: str = eqx.field(static=True)
+    method: str = eqx.field(static=True)
+    which: str = eqx.field(static=True)
+    tol: float = eqx.field(static=True)
+    atol: float = eqx.field(static=True)
+    num_restarts: int = eqx.field(static=True, default=0)
+
+    @property
+    def num_converged(self) -> int:
+        """Number of triplets flagged converged."""
+        return int(np.sum(np.asarray(self.converged)))
+
+    @property
+    def k(self) -> int:
+        return int(self.s.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionStderr:
+    """Standard errors per region; attribute (``.bulk``) and item (``["bulk"]``) access."""
+
+    chaotic: float
+    bulk: float
+    stable: float
+
+    def __getitem__(self, name: str) -> float:
+        if name not in ("chaotic", "bulk", "stable"):
+            raise KeyError(f"region must be 'chaotic', 'bulk' or 'stable', got {name!r}.")
+        return getattr(self, name)
+
+    def to_dict(self) -> dict:
+        return {"chaotic": self.chaotic, "bulk": self.bulk, "stable": self.stable}
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionCounts:
+    r"""Numbers of singular values in the three regions of Belrose & Scherlis (2024).
+
+    ``chaotic``: :math:`\sigma > hi`; ``bulk``: :math:`lo \le \sigma \le hi`; ``stable``:
+    :math:`\sigma < lo`. They sum to the dimension ``P`` (exactly for ``method="dense"``; for
+    ``"slq"`` because each probe's quadrature weights sum to one). ``stderr`` is the standard
+    error over probes (all zero for ``"dense"``).
+    """
+
+    chaotic: float
+    bulk: float
+    stable: float
+    stderr: RegionStderr
+    num_products: int
+    method: str
+    lo: float
+    hi: float
+    dim: int
+    num_probes: int = 0
+    num_steps: int = 0
+
+    def __getitem__(self, name: str) -> float:
+        if name not in ("chaotic", "bulk", "stable"):
+            raise KeyError(f"region must be 'chaotic', 'bulk' or 'stable', got {name!r}.")
+        return getattr(self, name)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict."""
+        return {
+            "chaotic": float(self.chaotic),
+            "bulk": float(self.bulk),
+            "stable": float(self.stable),
+            "stderr": {k: float(v) for k, v in self.stderr.to_dict().items()},
+            "num_products": int(self.num_products),
+            "method": str(self.method),
+            "lo": float(self.lo),
+            "hi": float(self.hi),
+            "dim": int(self.dim),
+            "num_probes": int(self.num_probes),
+            "num_steps": int(self.num_steps),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectralDensity:
+    r"""Stochastic Lanczos quadrature estimate of the singular-value distribution.
+
+    For probe :math:`p` (unit vector :math:`q_p`) Lanczos on :math:`A^T A` gives Gauss nodes
+    :math:`\theta_{pi}` and weights :math:`w_{pi}` with :math:`q_p^T f(A^T A) q_p \approx
+    \sum_i w_{pi} f(\theta_{pi})`. Here the nodes are stored as singular values
+    :math:`\sigma_{pi} = \sqrt{\theta_{pi}}` (computed from the Golub-Kahan bidiagonal, which
+    resolves small :math:`\sigma` to absolute accuracy :math:`\epsilon \|A\|`).
+
+    Attributes
+    ----------
+    nodes
+        ``(num_probes, num_steps)`` singular-value nodes per probe (ascending).
+    weights
+        ``(num_probes, num_steps)`` Gauss weights per probe (each row sums to one).
+    dim
+        ``P``, the number of singular values (columns of ``A``).
+    num_products, num_steps, num_probes
+        Cost and configuration.
+    sigma_max
+        Largest node seen (an estimate of :math:`\|A\|`), used for the resolution check.
+    deflated
+        Singular values of converged triplets removed before the quadrature (counted exactly;
+        the quadrature then covers the other ``P - c`` values).
+    """
+
+    nodes: np.ndarray
+    weights: np.ndarray
+    dim: int
+    num_products: int
+    num_steps: int
+    num_probes: int
+    sigma_max: float
+    probes: str = "rademacher"
+    deflated: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def num_deflated(self) -> int:
+        """Number of converged triplets removed exactly before the quadrature."""
+        return int(np.size(self.deflated))
+
+    @property
+    def resolution(self) -> float:
+        r"""Typical node spacing in :math:`\sigma`, :math:`\pi \sigma_{max} / (2 m)`.
+
+        Gauss nodes of an m-step Lanczos on a spread spectrum of :math:`A^T A` in
+        :math:`[0, \sigma_{max}^2]` follow the arcsine law; their spacing in :math:`\sigma`
+        is about this. Intervals narrower than it are not resolved (a warning is issued).
+        """
+        return math.pi * self.sigma_max / (2.0 * self.num_steps)
+
+    def per_probe_counts(
+        self, lo: float = -np.inf, hi: float = np.inf, *, closed: str = "both"
+    ) -> np.ndarray:
+        """``(num_probes,)`` estimates ``P * sum_i w_pi 1[lo <= sigma_pi <= hi]``."""
+        s = self.nodes
+        if closed == "both":
+            mask = (s >= lo) & (s <= hi)
+        elif closed == "left":
+            mask = (s >= lo) & (s < hi)
+        elif closed == "right":
+            mask = (s > lo) & (s <= hi)
+        elif closed == "neither":
+            mask = (s > lo) & (s < hi)
+        else:
+            raise ValueError(
+                f"closed must be 'both', 'left', 'right' or 'neither', got {closed!r}."
+            )
+        d = np.asarray(self.deflated)
+        if closed == "both":
+            exact = np.sum((d >= lo) & (d <= hi))
+        elif closed == "left":
+            exact = np.sum((d >= lo) & (d < hi))
+        elif closed == "right":
+            exact = np.sum((d > lo) & (d <= hi))
+        else:
+            exact = np.sum((d > lo) & (d < hi))
+        # the probes live in the complement of the deflated subspace (dimension P - c)
+        return (self.dim - d.size) * np.sum(self.weights * mask, axis=1) + exact
+
+    def _check_resolution(self, lo: float, hi: float) -> None:
+        if np.isfinite(lo) and np.isfinite(hi) and hi - lo < self.resolution:
+            needed = int(math.ceil(math.pi * self.sigma_max / (2.0 * (hi - lo))))
+            warnings.warn(
+                f"The interval [{lo:.4g}, {hi:.4g}] (width {hi - lo:.3g}) is narrower than the "
+                f"quadrature resolution ~{self.resolution:.3g} of num_steps={self.num_steps} "
+                f"with sigma_max~{self.sigma_max:.3g}: the count may be biased. Use "
+                f"num_steps >= {needed}.",
+                ResolutionWarning,
+                stacklevel=3,
+            )
+
+    def count(self, lo: float, hi: float, *, closed: str = "both") -> tuple[float, float]:
+        r"""Estimated number of singular values in ``[lo, hi]`` and its standard error.
+
+        The estimate is the mean over probes of :math:`P \sum_i w_{pi} 1[lo \le \sigma_{pi}
+        \le hi]` (Hutchinson on the spectral projector, Gauss quadrature per probe); the
+        standard error is the sample standard deviation over probes divided by
+        :math:`\sqrt{\text{num\_probes}}` (``nan`` with one probe). Use ``lo=-inf`` or
+        ``hi=inf`` for half-lines.
+        """
+        if not lo <= hi:
+            raise ValueError(f"Expected lo <= hi, got lo={lo}, hi={hi}.")
+        self._check_resolution(lo, hi)
+        c = self.per_probe_counts(lo, hi, closed=closed)
+        return float(np.mean(c)), _stderr(c)
+
+    def density(self, grid: Any, *, bandwidth: float | None = None) -> np.ndarray:
+        r"""Smoothed density of singular values on ``grid``, integrating to ``P``.
+
+        :math:`\rho(x) = P \cdot \text{mean}_p \sum_i w_{pi} \, \phi_h(x - \sigma_{pi})` with a
+        Gaussian kernel of width ``bandwidth`` (default: :attr:`resolution`).
+        """
+        x = np.asarray(grid, dtype=np.float64)
+        h = self.resolution if bandwidth is None else float(bandwidth)
+        if not h > 0:
+            raise ValueError(f"Expected bandwidth > 0, got {h}.")
+        z = (x[..., None, None] - self.nodes) / h
+        k = np.exp(-0.5 * z**2) / (h * math.sqrt(2 * math.pi))
+        d = np.asarray(self.deflated)
+        smooth = (self.dim - d.size) * np.mean(np.sum(self.weights * k, axis=-1), axis=-1)
+        if d.size:
+            zd = (x[..., None] - d) / h
+            smooth = smooth + np.sum(np.exp(-0.5 * zd**2), axis=-1) / (h * math.sqrt(2 * math.pi))
+        return smooth
+
+
+def _stderr(c: np.ndarray) -> float:
+    c = np.asarray(c, dtype=np.float64)
+    if c.size < 2:
+        return float("nan")
+    return float(np.std(c, ddof=1) / math.sqrt(c.size))

@@ -1,0 +1,325 @@
+r"""Stochastic Lanczos quadrature (SLQ) for singular-value densities and region counts.
+
+For a unit probe :math:`q` and a spectral function :math:`f`,
+:math:`q^T f(A^T A) q = \sum_j (v_j^T q)^2 f(\sigma_j^2) \approx \sum_{i=1}^m w_i f(\theta_i)`,
+the m-point Gauss quadrature whose nodes :math:`\theta_i` and weights :math:`w_i` come from
+m Lanczos steps on :math:`A^T A` started at :math:`q`. Averaging over random probes
+(Rademacher or Gaussian, normalised: :math:`E[q q^T] = I/P`) gives
+:math:`\operatorname{tr} f(A^T A) \approx P \cdot \text{mean}_p \sum_i w_{pi} f(\theta_{pi})`
+(Hutchinson). With :math:`f = 1_{[lo^2, hi^2]}` this counts singular values in ``[lo, hi]``;
+the standard error comes from the spread over probes.
+
+The Lanczos process on :math:`A^T A` is run as Golub-Kahan bidiagonalisation on :math:`A`
+(:func:`matfree_tj._lanczos.gkl_cycle`, full reorthogonalisation): with
+:math:`A V = U R`, :math:`A^T U = V R^T + f e_m^T` and :math:`R` upper triangular,
+:math:`A^T A V = V R^T R + r_{mm} f e_m^T`, so :math:`T = R^T R` and the nodes are
+:math:`\sigma_i = s_i(R)` -- computed from :math:`R` directly, which resolves small singular
+values to absolute accuracy :math:`\epsilon\|A\|` rather than :math:`\sqrt{\epsilon}\|A\|`.
+The weights are the squared first components of the right singular vectors of :math:`R`.
+
+Probes run ``probe_batch`` at a time under ``vmap`` (their products become block products).
+
+Deflation (``deflate=``): converged top triplets from :func:`~matfree_tj.top_singular` are
+counted exactly and the quadrature runs on :math:`A (I - V_c V_c^T)` with probes in the
+complement of :math:`V_c`, which removes their share of the variance and shrinks
+:math:`\sigma_{max}` (finer resolution for the same number of steps).
+
+References
+----------
+Ubaru, Chen & Saad, "Fast estimation of tr(f(A)) via stochastic Lanczos quadrature", SIAM J.
+Matrix Anal. Appl. 38 (2017). Golub & Meurant, "Matrices, Moments and Quadrature" (2010).
+Chen, Trogdon & Ubaru, "Analysis of stochastic Lanczos quadrature for spectrum approximation",
+ICML (2021).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._dense import dense_svd
+from ._lanczos import check_int, check_key, check_operator, gkl_cycle, run_guarded
+from ._operator import LinearOperator
+from ._results import RegionCounts, RegionStderr, SpectralDensity
+
+__all__ = ["singular_value_density", "region_counts"]
+
+
+_HI = jax.lax.Precision.HIGHEST
+
+
+def _products_from_base(x):  # pragma: no cover - _Deflated overrides every product
+    raise NotImplementedError("_Deflated computes its products through its base operator.")
+
+
+class _Deflated(LinearOperator):
+    r"""``A (I - V_c V_c^T)``: ``A`` with the converged right singular vectors ``V_c`` removed.
+
+    ``V_c`` is a pytree leaf (not closed over), so new deflations reuse compiled kernels.
+    """
+
+    base: LinearOperator
+    Vc: jax.Array
+
+    def __init__(self, base: LinearOperator, Vc: jax.Array):
+        super().__init__(_products_from_base, _products_from_base, base.shape, base.dtype,
+                         chunk_size=base.chunk_size, check_finite=base.check_finite)
+        self.base = base
+        self.Vc = Vc
+
+    def _off(self, x):
+        return x - jnp.matmul(self.Vc, jnp.matmul(self.Vc.T, x, precision=_HI), precision=_HI)
+
+    def mv(self, v):
+        return self.base.mv(self._off(v))
+
+    def rmv(self, u):
+        return self._off(self.base.rmv(u))
+
+    def matmat(self, V):
+        return self.base.matmat(self._off(V))
+
+    def rmatmat(self, U):
+        return self._off(self.base.rmatmat(U))
+
+
+@eqx.filter_jit
+def _slq_batch(op: LinearOperator, Z, keys, num_steps: int, batch_size: int):
+    """Projected matrices ``R`` (``(num_probes, m, m)``) for unit probes ``Z`` (rows)."""
+    P = op.shape[1]
+    m = num_steps
+    dtype = op.dtype
+
+    def one(args):
+        z, key = args
+        Ut = jnp.zeros((m, op.shape[0]), dtype)
+        Vt = jnp.zeros((m + 1, P), dtype).at[0].set(z)
+        R = jnp.zeros((m, m), dtype)
+        _, _, R, _, finite, _ = gkl_cycle(op, Ut, Vt, R, 0, key, False)
+        return R, finite
+
+    return jax.lax.map(one, (Z, keys), batch_size=batch_size)
+
+
+def _probes(key, num_probes, P, dtype, kind):
+    if kind == "rademacher":
+        Z = jax.random.rademacher(key, (num_probes, P), dtype)
+    elif kind == "gaussian":
+        Z = jax.random.normal(key, (num_probes, P), dtype)
+    else:
+        raise ValueError(f"probes must be 'rademacher' or 'gaussian', got {kind!r}.")
+    return Z / jnp.linalg.norm(Z, axis=1, keepdims=True)
+
+
+def singular_value_density(
+    op: LinearOperator,
+    *,
+    key: jax.Array | None = None,
+    num_probes: int = 20,
+    num_steps: int = 80,
+    probes: str = "rademacher",
+    probe_batch: int | None = None,
+    deflate: Any = None,
+) -> SpectralDensity:
+    r"""Estimate the distribution of the singular values of a square ``op`` by SLQ.
+
+    Parameters
+    ----------
+    op
+        Square operator ``P x P``.
+    key
+        PRNG key for the probes (required).
+    num_probes
+        Number of random probes ``n_p`` (>= 2 for a standard error); the standard error of a
+        count falls like :math:`1/\sqrt{n_p}`.
+    num_steps
+        Lanczos steps ``m`` per probe, ``2 <= m <= P``: the quadrature has ``m`` nodes and
+        resolves features of width about :math:`\pi \sigma_{max} / (2m)` (see
+        :attr:`SpectralDensity.resolution`; narrower counts warn).
+    probes
+        ``"rademacher"`` (default; lower variance) or ``"gaussian"``. Probes are normalised,
+        so per-probe counts sum to ``P`` exactly.
+    probe_batch
+        Probes run together under ``vmap`` (default: as many as fit in ~256 MB of bases).
+    deflate
+        Optional :class:`~matfree_tj.SingularTriplets` (e.g. from :func:`top_singular`): its
+        *converged* triplets are counted exactly and removed before the quadrature, which
+        runs on :math:`A (I - V_c V_c^T)` with probes in the complement of :math:`V_c`. The
+        counts' variance then comes from the remaining ``P - c`` values only and the
+        resolution check uses the deflated :math:`\sigma_{max}`.
+
+    Returns
+    -------
+    SpectralDensity
+        ``nodes`` and ``weights`` (``(n_p, m)``), ``count(lo, hi) -> (estimate, stderr)``,
+        ``density(grid)``, ``num_products``.
+
+    Cost: ``2 m n_p`` products (one ``mv`` and one ``rmv`` per step); ``O(P m^2 n_p)`` flops
+    of reorthogonalisation; memory ``(2m + 1) P`` per probe in a batch.
+
+    References
+    ----------
+    Ubaru, Chen & Saad, SIAM J. Matrix Anal. Appl. 38 (2017).
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, matfree_tj as mtj
+    >>> A = jnp.diag(jnp.concatenate([jnp.full(50, 0.5), jnp.full(50, 2.0)]))
+    >>> op = mtj.LinearOperator(lambda v: A @ v, lambda u: A.T @ u, A.shape, A.dtype)
+    >>> d = mtj.singular_value_density(op, key=jax.random.key(0), num_probes=4, num_steps=10)
+    >>> round(d.count(0.0, 1.0)[0])
+    50
+    """
+    op = check_operator(op, "singular_value_density", square=True)
+    key = check_key(key, "singular_value_density")
+    P = op.shape[0]
+    num_probes = check_int("num_probes", num_probes, 1, 10**6)
+    num_steps = check_int("num_steps", num_steps, 2, P, "P")
+    if probe_batch is None:
+        per_probe = (2 * num_steps + 1) * P * jnp.dtype(op.dtype).itemsize
+        probe_batch = max(1, min(num_probes, int(2**28 // per_probe)))
+    probe_batch = check_int("probe_batch", probe_batch, 1, num_probes, "num_probes")
+    Z = _probes(key, num_probes, P, op.dtype, probes)
+    deflated = np.zeros(0)
+    if deflate is not None:
+        if not all(hasattr(deflate, a) for a in ("V", "s", "converged")):
+            raise TypeError("deflate must be a SingularTriplets (from top_singular).")
+        conv = np.asarray(deflate.converged, dtype=bool)
+        if deflate.V.shape[0] != P:
+            raise ValueError(f"deflate.V has {deflate.V.shape[0]} rows, expected P = {P}.")
+        if conv.sum() >= P:
+            raise ValueError("Cannot deflate every singular value.")
+        if conv.any():
+            Vc = jnp.asarray(np.asarray(deflate.V)[:, conv], op.dtype)
+            deflated = np.asarray(deflate.s, dtype=np.float64)[conv]
+            op = _Deflated(op, Vc)
+            for _ in range(2):  # probes in the complement of span(Vc)
+                Z = Z - jnp.matmul(jnp.matmul(Z, Vc, precision=_HI), Vc.T, precision=_HI)
+            Z = Z / jnp.linalg.norm(Z, axis=1, keepdims=True)
+    keys = jnp.arange(num_probes, dtype=op.dtype)  # seeds of unused breakdown directions
+    R, finite = run_guarded(_slq_batch, op, Z, keys, num_steps, probe_batch)
+    if not bool(jnp.all(finite)):
+        raise FloatingPointError(
+            "singular_value_density: a Lanczos step produced NaN or inf (non-finite products)."
+        )
+    R = np.asarray(R, dtype=np.float64)
+    nodes = np.empty((num_probes, num_steps))
+    weights = np.empty((num_probes, num_steps))
+    for p in range(num_probes):
+        _, S, Yt = np.linalg.svd(R[p])
+        nodes[p] = S[::-1]
+        weights[p] = (Yt[::-1, 0]) ** 2  # first components of the right singular vectors
+    weights /= weights.sum(axis=1, keepdims=True)  # exact in theory; remove rounding drift
+    return SpectralDensity(
+        nodes=nodes,
+        weights=weights,
+        dim=P,
+        num_products=2 * num_steps * num_probes,
+        num_steps=num_steps,
+        num_probes=num_probes,
+        sigma_max=float(nodes.max()),
+        probes=probes, deflated=deflated,
+    )
+
+
+def region_counts(
+    op: LinearOperator,
+    *,
+    key: jax.Array | None = None,
+    lo: float = 0.9,
+    hi: float = 1.1,
+    method: str = "slq",
+    num_probes: int = 20,
+    num_steps: int = 80,
+    **opts: Any,
+) -> RegionCounts:
+    r"""Count singular values in the chaotic, bulk and stable regions (Belrose & Scherlis 2024).
+
+    chaotic: :math:`\sigma > hi`; bulk: :math:`lo \le \sigma \le hi`; stable: :math:`\sigma < lo`.
+
+    ``method="slq"``: stochastic Lanczos quadrature (:func:`singular_value_density`), per-probe
+    counts summing to ``P``, standard errors from the spread over probes (a
+    :class:`~matfree_tj._results.ResolutionWarning` when ``hi - lo`` is below the quadrature
+    resolution). ``method="dense"``: exact counts from :func:`matfree_tj.dense_svd` (``P``
+    products and an ``O(P^3)`` SVD; ``key`` may be omitted), standard errors zero.
+
+    Parameters
+    ----------
+    op
+        Square operator ``P x P``.
+    key
+        PRNG key (required for ``"slq"``).
+    lo, hi
+        Region boundaries, ``0 <= lo <= hi``.
+    method
+        ``"slq"`` or ``"dense"``.
+    num_probes, num_steps, **opts
+        Passed to :func:`singular_value_density` (``probes``, ``probe_batch``).
+
+    Returns
+    -------
+    RegionCounts
+        ``chaotic``, ``bulk``, ``stable``, ``stderr`` (``.bulk`` or ``["bulk"]``),
+        ``num_products``, ``method``, ``to_dict()``.
+
+    Cost (slq): ``2 num_steps num_probes`` products.
+
+    References
+    ----------
+    Ubaru, Chen & Saad (2017); Belrose & Scherlis, arXiv:2412.07003 (2024).
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, matfree_tj as mtj
+    >>> A = jnp.diag(jnp.array([0.1] * 10 + [1.0] * 80 + [3.0] * 10))
+    >>> op = mtj.LinearOperator(lambda v: A @ v, lambda u: A.T @ u, A.shape, A.dtype)
+    >>> mtj.region_counts(op, method="dense").to_dict()["bulk"]
+    80.0
+    """
+    op = check_operator(op, "region_counts", square=True)
+    lo, hi = float(lo), float(hi)
+    if not (0 <= lo <= hi and np.isfinite(hi)):
+        raise ValueError(f"Expected 0 <= lo <= hi < inf, got lo={lo}, hi={hi}.")
+    P = op.shape[0]
+    if method == "dense":
+        if opts:
+            raise TypeError(f"region_counts(method='dense') got unknown options {sorted(opts)}.")
+        s = dense_svd(op).s
+        c = RegionCounts(
+            chaotic=float(np.sum(s > hi)),
+            bulk=float(np.sum((s >= lo) & (s <= hi))),
+            stable=float(np.sum(s < lo)),
+            stderr=RegionStderr(0.0, 0.0, 0.0),
+            num_products=P,
+            method="dense",
+            lo=lo,
+            hi=hi,
+            dim=P,
+        )
+        return c
+    if method != "slq":
+        raise ValueError(f"method must be 'slq' or 'dense', got {method!r}.")
+    dens = singular_value_density(op, key=key, num_probes=num_probes, num_steps=num_steps, **opts)
+    dens._check_resolution(lo, hi)
+    chaotic = dens.per_probe_counts(hi, np.inf, closed="neither")
+    bulk = dens.per_probe_counts(lo, hi, closed="both")
+    stable = dens.per_probe_counts(-np.inf, lo, closed="neither")
+    from ._results import _stderr
+
+    return RegionCounts(
+        chaotic=float(np.mean(chaotic)),
+        bulk=float(np.mean(bulk)),
+        stable=float(np.mean(stable)),
+        stderr=RegionStderr(_stderr(chaotic), _stderr(bulk), _stderr(stable)),
+        num_products=dens.num_products,
+        method="slq",
+        lo=lo,
+        hi=hi,
+        dim=P,
+        num_probes=dens.num_probes,
+        num_steps=dens.num_steps,
+    )

@@ -1,0 +1,220 @@
+"""Golub-Kahan-Lanczos top/bottom triplets against closed-form and dense oracles (float64)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _oracles import (
+    DenseOperator,
+    dense_operator,
+    lr_operator,
+    make_lr,
+    matrix_with_spectrum,
+    nearest_true,
+    small_mlp,
+    true_residuals,
+)
+
+import matfree_tj as mtj
+
+EPS64 = np.finfo(np.float64).eps
+
+
+@pytest.fixture(scope="module", autouse=True)
+def x64():
+    prev = jax.config.read("jax_enable_x64")
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", prev)
+
+
+@pytest.fixture(scope="module")
+def lr20k(x64):
+    return lr_operator(20_000, 60)
+
+
+@pytest.fixture(scope="module")
+def mlp(x64):
+    return small_mlp()
+
+
+def assert_honest(op, res, s_true=None, A=None):
+    """Reported residuals are the true ones; converged values are certified exact values."""
+    if A is None and isinstance(op, DenseOperator):
+        A = np.asarray(op.A)
+    r = true_residuals(op, res, A)
+    smax = float(np.max(np.abs(np.asarray(res.s))))
+    if s_true is not None:
+        smax = max(smax, float(np.max(s_true)))  # rounding in products scales with ||A||
+    np.testing.assert_allclose(np.asarray(res.residuals), r, rtol=1e-6, atol=1e3 * EPS64 * smax)
+    conv = np.asarray(res.converged)
+    np.testing.assert_array_equal(conv, r <= res.tol * np.abs(np.asarray(res.s)) + res.atol)
+    for X in (res.U, res.V):
+        X = np.asarray(X)
+        np.testing.assert_allclose(X.T @ X, np.eye(X.shape[1]), atol=1e-10)
+    if s_true is not None:
+        d = nearest_true(np.asarray(res.s)[conv], s_true)
+        # perturbation theory for [[0, A], [A^T, 0]]: an exact value within r / sqrt(2)
+        assert np.all(d <= r[conv] / np.sqrt(2) + 10 * EPS64 * smax)
+
+
+def test_top20_linear_regression_closed_form(lr20k):
+    lr, op = lr20k
+    s_true = lr.singular_values
+    res = mtj.top_singular(op, 20, key=jax.random.key(1))
+    rel = np.abs(np.asarray(res.s) - s_true[:20]) / s_true[:20]
+    assert rel.max() <= 1e-8, rel.max()
+    assert bool(res.converged.all()) and res.status == "converged"
+    assert np.all(np.diff(np.asarray(res.s)) <= 0)
+    assert res.num_products <= 400
+    assert_honest(op, res, s_true)
+
+
+def test_top20_linear_regression_through_training(x64):
+    # P = 20,000 through jax.jvp / jax.vjp of the actual training loop.
+    lr = make_lr(20_000, 40, seed=3)
+    J = mtj.training_jacobian(lr.train_fn, lr.params0, check_deterministic=False)
+    s_true = lr.singular_values
+    res = mtj.top_singular(J, 20, key=jax.random.key(2))
+    rel = np.abs(np.asarray(res.s) - s_true[:20]) / s_true[:20]
+    assert rel.max() <= 1e-8, rel.max()
+    assert bool(res.converged.all())
+
+
+def test_bottom_linear_regression(lr20k):
+    lr, op = lr20k
+    s_true = lr.singular_values
+    res = mtj.bottom_singular(op, 5, key=jax.random.key(3))
+    assert np.all(np.diff(np.asarray(res.s)) >= 0)
+    conv = np.asarray(res.converged)
+    # the Krylov space of J^T J here has dimension n + 1 = 61 < num_basis, so all converge
+    assert conv.all(), res.residuals
+    s = np.asarray(res.s)
+    d = nearest_true(s, s_true)
+    assert np.all((d <= 1e-6 * s) | (d <= 1e-10)), d
+    np.testing.assert_allclose(s, np.sort(s_true)[:5], rtol=1e-6, atol=1e-10)
+    assert_honest(op, res, s_true)
+
+
+def test_mlp_top_and_bottom_vs_dense(mlp):
+    J, Jd, s_dense = mlp
+    top = mtj.top_singular(J, 8, key=jax.random.key(4), num_basis=60)
+    np.testing.assert_allclose(np.asarray(top.s), s_dense[:8], rtol=1e-10)
+    assert bool(top.converged.all())
+    assert_honest(J, top, s_dense, Jd)
+    bot = mtj.bottom_singular(J, 8, key=jax.random.key(5), num_basis=60)
+    conv = np.asarray(bot.converged)
+    assert conv.sum() >= 6, bot.residuals
+    np.testing.assert_allclose(np.asarray(bot.s)[conv], np.sort(s_dense)[:8][conv],
+                               rtol=1e-8, atol=1e-12)
+    assert_honest(J, bot, s_dense, Jd)
+
+
+def test_mlp_top_vs_scipy_svds(mlp):
+    from scipy.sparse.linalg import svds
+
+    J, _, _ = mlp
+    res = mtj.top_singular(J, 5, key=jax.random.key(6), num_basis=60)
+    s_scipy = np.sort(svds(J.to_scipy(), k=5, tol=1e-12, random_state=0,
+                           return_singular_vectors=False))[::-1]
+    np.testing.assert_allclose(np.asarray(res.s), s_scipy, rtol=1e-10)
+
+
+def test_no_ghosts_with_well_separated_top_values(x64):
+    s_true = np.concatenate([np.arange(20.0, 10.0, -1.0), np.linspace(0.0, 1.0, 190)])
+    op = DenseOperator(matrix_with_spectrum(s_true, seed=1))
+    # one long cycle (no restart): plain Lanczos would show copies of 20, 19, ... by now
+    res = mtj.top_singular(op, 10, key=jax.random.key(7), num_basis=150)
+    s = np.asarray(res.s)
+    np.testing.assert_allclose(s, s_true[:10], rtol=1e-12)
+    assert np.min(-np.diff(s)) > 0.5
+    # many thick restarts in a small basis: still no duplicates
+    res = mtj.top_singular(op, 5, key=jax.random.key(8), num_basis=12)
+    assert res.num_restarts >= 1
+    np.testing.assert_allclose(np.asarray(res.s), s_true[:5], rtol=1e-10)
+    assert_honest(op, res, s_true)
+
+
+def test_converged_flags_are_honest_when_budget_runs_out(x64):
+    s_true = np.logspace(-9, 1, 200)[::-1]
+    op = DenseOperator(matrix_with_spectrum(s_true, seed=2))
+    res = mtj.bottom_singular(op, 5, key=jax.random.key(9), num_basis=12, max_products=400)
+    assert res.status == "max_products"
+    assert res.num_products <= 400
+    assert not bool(res.converged.all())
+    assert_honest(op, res, s_true)
+    d = nearest_true(np.asarray(res.s)[np.asarray(res.converged)], s_true)
+    assert np.all((d <= 1e-6 * np.asarray(res.s)[np.asarray(res.converged)]) | (d <= 1e-10))
+    # a top cluster that a tiny budget cannot split
+    s_true = np.concatenate([1 + 1e-6 * np.arange(10)[::-1], np.linspace(0, 0.99, 190)])
+    op = DenseOperator(matrix_with_spectrum(s_true, seed=3))
+    res = mtj.top_singular(op, 5, key=jax.random.key(10), num_basis=12, max_products=40)
+    assert not bool(res.converged.all())
+    assert_honest(op, res, s_true)
+
+
+def test_rectangular_top(x64):
+    s_true = np.linspace(5.0, 0.1, 40)
+    op = DenseOperator(matrix_with_spectrum(s_true, seed=4, shape=(60, 40)))
+    res = mtj.top_singular(op, 4, key=jax.random.key(11))
+    assert res.U.shape == (60, 4) and res.V.shape == (40, 4)
+    np.testing.assert_allclose(np.asarray(res.s), s_true[:4], rtol=1e-12)
+    assert_honest(op, res, s_true)
+
+
+def test_bad_input(x64):
+    op = dense_operator(np.eye(6) * np.arange(1.0, 7.0))
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match=r"1 <= k < P = 6, got k=6"):
+        mtj.top_singular(op, 6, key=key)
+    with pytest.raises(ValueError, match=r"1 <= k < P = 6, got k=0"):
+        mtj.bottom_singular(op, 0, key=key)
+    with pytest.raises(TypeError, match="key"):
+        mtj.top_singular(op, 2)
+    with pytest.raises(ValueError, match="square"):
+        mtj.bottom_singular(dense_operator(np.ones((5, 4))), 1, key=key)
+    with pytest.raises(ValueError, match="method"):
+        mtj.top_singular(op, 2, key=key, method="arnoldi")
+    with pytest.raises(ValueError, match="num_basis"):
+        mtj.top_singular(op, 2, key=key, num_basis=7)
+    with pytest.raises(TypeError, match="unknown options"):
+        mtj.top_singular(op, 2, key=key, power_iters=3)
+
+
+@pytest.mark.parametrize("check_finite", [True, False])
+def test_nan_product_raises(x64, check_finite):
+    A = jnp.eye(8)
+    op = mtj.LinearOperator(lambda v: A @ v * jnp.nan, lambda u: A.T @ u, (8, 8), A.dtype,
+                            check_finite=check_finite)
+    with pytest.raises(FloatingPointError):
+        mtj.top_singular(op, 2, key=jax.random.key(0))
+
+
+def test_no_recompilation_on_second_call(x64, caplog):
+    s_true = np.linspace(3.0, 0.5, 200)
+    op = DenseOperator(matrix_with_spectrum(s_true, seed=7))
+    mtj.top_singular(op, 3, key=jax.random.key(0), num_basis=12)
+    op2 = DenseOperator(matrix_with_spectrum(s_true, seed=8))  # same shape: same kernels
+    with jax.log_compiles(), caplog.at_level("DEBUG"):
+        mtj.top_singular(op2, 3, key=jax.random.key(1), num_basis=12)
+    compiles = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
+    assert not compiles, compiles
+
+
+def test_block_variant(x64):
+    s_true = np.concatenate([np.arange(20.0, 10.0, -1.0), np.linspace(0.0, 1.0, 190)])
+    op = DenseOperator(matrix_with_spectrum(s_true, seed=1))
+    res = mtj.top_singular(op, 5, key=jax.random.key(12), num_basis=24, block_size=4)
+    np.testing.assert_allclose(np.asarray(res.s), s_true[:5], rtol=1e-12)
+    assert bool(res.converged.all())
+    assert_honest(op, res, s_true)
+    # thick restarts with blocks (small basis), then the honest bottom end
+    res = mtj.top_singular(op, 6, key=jax.random.key(13), num_basis=16, block_size=4)
+    assert res.num_restarts >= 1
+    np.testing.assert_allclose(np.asarray(res.s), s_true[:6], rtol=1e-10)
+    assert_honest(op, res, s_true)
+    res = mtj.bottom_singular(op, 3, key=jax.random.key(14), num_basis=24, block_size=4,
+                              max_products=600)
+    assert_honest(op, res, s_true)
+    with pytest.raises(ValueError, match="block_size"):
+        mtj.top_singular(op, 5, key=jax.random.key(0), num_basis=8, block_size=4)

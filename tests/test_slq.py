@@ -1,0 +1,148 @@
+"""Stochastic Lanczos quadrature: densities, counts with standard errors, region counts."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _oracles import DenseOperator, dense_operator, lr_operator, small_mlp
+
+import matfree_tj as mtj
+
+
+@pytest.fixture(scope="module", autouse=True)
+def x64():
+    prev = jax.config.read("jax_enable_x64")
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", prev)
+
+
+def exact_regions(s, lo=0.9, hi=1.1):
+    s = np.asarray(s)
+    return {"chaotic": np.sum(s > hi), "bulk": np.sum((s >= lo) & (s <= hi)),
+            "stable": np.sum(s < lo)}
+
+
+def check_regions(rc, exact, P):
+    assert rc.chaotic + rc.bulk + rc.stable == pytest.approx(P, rel=1e-12)
+    for name, true in exact.items():
+        err = abs(rc[name] - true)
+        assert err <= 3 * rc.stderr[name] + 1e-9 * P, (name, rc[name], true, rc.stderr[name])
+        assert err <= 0.01 * P
+
+
+def test_region_counts_linear_regression_20k(x64):
+    lr, op = lr_operator(20_000, 60)
+    P = op.shape[0]
+    exact = exact_regions(lr.singular_values)
+    rc = mtj.region_counts(op, key=jax.random.key(0), num_probes=10, num_steps=70)
+    assert rc.method == "slq" and rc.num_products == 2 * 10 * 70
+    check_regions(rc, exact, P)
+    assert all(rc.stderr[name] > 0 for name in exact)
+    json.dumps(rc.to_dict())
+    # deflating the converged top-20 counts them exactly: the chaotic error bar shrinks
+    top = mtj.top_singular(op, 20, key=jax.random.key(1))
+    assert top.num_converged == 20
+    rd = mtj.region_counts(op, key=jax.random.key(0), num_probes=10, num_steps=70, deflate=top)
+    check_regions(rd, exact, P)
+    assert rd.chaotic >= 20 and rd.stderr.chaotic < 0.7 * rc.stderr.chaotic
+
+
+def test_region_counts_mlp_vs_dense(x64):
+    J, Jd, s = small_mlp()
+    P = J.shape[0]
+    dense = mtj.region_counts(DenseOperator(Jd), method="dense")
+    exact = exact_regions(s)
+    for name, true in exact.items():
+        assert dense[name] == true
+        assert dense.stderr[name] == 0.0
+    rc = mtj.region_counts(J, key=jax.random.key(1), num_probes=40, num_steps=40)
+    for name in exact:
+        assert abs(rc[name] - dense[name]) <= 0.01 * P, (name, rc[name], dense[name])
+        assert abs(rc[name] - dense[name]) <= 3 * rc.stderr[name] + 1e-9 * P
+    assert rc.to_dict()["stderr"]["bulk"] == rc.stderr.bulk
+
+
+@pytest.fixture(scope="module")
+def diag400(x64):
+    # a spectrum with all three regions and gaps at the region edges
+    s = np.concatenate([np.linspace(0.0, 0.7, 100), np.linspace(0.95, 1.05, 250),
+                        np.linspace(1.3, 4.0, 50)])
+    rng = np.random.default_rng(0)
+    Q1, _ = np.linalg.qr(rng.standard_normal((400, 400)))
+    Q2, _ = np.linalg.qr(rng.standard_normal((400, 400)))
+    return s, DenseOperator((Q1 * s) @ Q2.T)
+
+
+@pytest.mark.parametrize("probes", ["rademacher", "gaussian"])
+def test_counts_judged_by_their_standard_errors(diag400, probes):
+    s, op = diag400
+    exact = exact_regions(s)
+    z = []
+    for seed in range(6):
+        d = mtj.singular_value_density(op, key=jax.random.key(seed), num_probes=8,
+                                       num_steps=40, probes=probes)
+        assert d.nodes.shape == (8, 40) and d.weights.shape == (8, 40)
+        np.testing.assert_allclose(d.weights.sum(axis=1), 1.0, atol=1e-12)
+        for (lo, hi), name in [((0.9, 1.1), "bulk"), ((1.1, np.inf), "chaotic")]:
+            est, se = d.count(lo, hi)
+            z.append((est - exact[name]) / se)
+    z = np.asarray(z)
+    assert np.all(np.abs(z) <= 4.0), z  # 24 t-statistics with 7 degrees of freedom
+    assert abs(np.mean(z)) <= 3.0 / np.sqrt(z.size) * 1.5  # no bias beyond the noise
+
+
+def test_density_integrates_to_P(diag400):
+    s, op = diag400
+    d = mtj.singular_value_density(op, key=jax.random.key(9), num_probes=4, num_steps=40)
+    grid = np.linspace(-1.0, 6.0, 4001)
+    rho = d.density(grid)
+    assert np.all(rho >= 0)
+    assert np.trapezoid(rho, grid) == pytest.approx(400, rel=1e-3)
+    # nodes are singular values of the projected matrix: inside [0, sigma_max]
+    assert d.nodes.min() >= -1e-12 and d.nodes.max() <= s.max() * (1 + 1e-10)
+    assert d.num_products == 2 * 4 * 40
+
+
+def test_too_few_steps_warns(diag400):
+    _, op = diag400
+    with pytest.warns(mtj.ResolutionWarning, match="num_steps >= "):
+        mtj.region_counts(op, key=jax.random.key(0), num_probes=2, num_steps=5)
+    d = mtj.singular_value_density(op, key=jax.random.key(0), num_probes=2, num_steps=5)
+    with pytest.warns(mtj.ResolutionWarning):
+        d.count(1.0, 1.01)
+
+
+def test_bad_input(diag400):
+    _, op = diag400
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="2 <= num_steps <= P = 400, got num_steps=401"):
+        mtj.singular_value_density(op, key=key, num_probes=2, num_steps=401)
+    with pytest.raises(ValueError, match="num_steps"):
+        mtj.singular_value_density(op, key=key, num_probes=2, num_steps=1)
+    with pytest.raises(TypeError, match="key"):
+        mtj.singular_value_density(op, num_probes=2, num_steps=10)
+    with pytest.raises(ValueError, match="square"):
+        mtj.region_counts(dense_operator(np.ones((5, 4))), key=key)
+    with pytest.raises(ValueError, match="probes"):
+        mtj.singular_value_density(op, key=key, num_probes=2, num_steps=10, probes="sobol")
+    with pytest.raises(ValueError, match="lo <= hi"):
+        mtj.region_counts(op, key=key, lo=1.2, hi=1.1)
+    with pytest.raises(ValueError, match="method"):
+        mtj.region_counts(op, key=key, method="kpm")
+    A = jnp.eye(6)
+    bad = mtj.LinearOperator(lambda v: A @ v * jnp.nan, lambda u: A @ u, (6, 6), A.dtype,
+                             check_finite=False)
+    with pytest.raises(FloatingPointError):
+        mtj.singular_value_density(bad, key=key, num_probes=2, num_steps=3)
+
+
+def test_dense_region_counts_sum_to_P(diag400):
+    s, op = diag400
+    rc = mtj.region_counts(op, method="dense", lo=0.5, hi=2.0)
+    assert rc.chaotic + rc.bulk + rc.stable == 400
+    assert rc.bulk == np.sum((s >= 0.5) & (s <= 2.0))
+    assert rc.stderr.to_dict() == {"chaotic": 0.0, "bulk": 0.0, "stable": 0.0}
+    json.dumps(rc.to_dict())
