@@ -119,9 +119,13 @@ def test_primal_and_unravel(tiny_sgd):
     assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(m.params0)
 
 
-def test_forward_linearize_and_cached_reverse_agree(tiny_sgd):
+def test_cached_and_recomputed_products_agree(tiny_sgd):
     m, J = tiny_sgd
-    J2 = mtj.training_jacobian(m.train_fn, m.params0, forward="linearize", cache_reverse=True)
+    assert J.cached == {"forward": True, "reverse": True}  # "auto": tiny residuals fit the budget
+    J2 = mtj.training_jacobian(m.train_fn, m.params0, forward="jvp", cache_reverse=False)
+    assert J2.cached == {"forward": False, "reverse": False}
+    J3 = mtj.training_jacobian(m.train_fn, m.params0, cache_budget_bytes=0)  # auto -> recompute
+    assert J3.cached == {"forward": False, "reverse": False}
     v = jax.random.normal(jax.random.key(1), (J.shape[0],))
     np.testing.assert_allclose(J2.mv(v), J.mv(v), rtol=1e-11, atol=1e-12)
     np.testing.assert_allclose(J2.rmv(v), J.rmv(v), rtol=1e-11, atol=1e-12)
