@@ -1,0 +1,353 @@
+r"""Command line: ``matfree-tj spectrum`` and ``matfree-tj study`` (also ``python -m matfree_tj``).
+
+``spectrum`` measures the singular-value regions of a digits MLP's training Jacobian (the paper's
+reference model by default), matrix-free by default, and prints ``region | count | stderr`` and the
+top singular values; ``--json`` writes every number, ``--out`` gets a PNG of the values.
+``study`` runs the eight experiments of Belrose & Scherlis (2024) into ``--out``: ``study.json``,
+PNG figures and ``summary.md``. ``--quick`` uses a tiny model and few probes (seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+__all__ = ["main", "build_parser"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--hidden",
+        type=_positive_int,
+        default=None,
+        help="hidden width of the digits MLP (default 64: the reference, P = 4810; 8 with --quick)",
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=("sgd", "adam"),
+        default="sgd",
+        help="sgd: momentum 0.9, cosine from 0.1 (reference); adam: cosine from 3e-3",
+    )
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="parameter dtype (default float32, as the paper)",
+    )
+    p.add_argument("--lo", type=float, default=0.9, help="stable/bulk boundary (default 0.9)")
+    p.add_argument("--hi", type=float, default=1.1, help="bulk/chaotic boundary (default 1.1)")
+    p.add_argument(
+        "--num-probes",
+        type=_positive_int,
+        default=None,
+        help="SLQ probe vectors (matrix-free counts; default 20, 4 with --quick)",
+    )
+    p.add_argument(
+        "--num-steps",
+        type=_positive_int,
+        default=None,
+        help="Lanczos steps per probe (default: enough to resolve [lo, hi] given sigma_1, "
+        "at least 80; 20 with --quick)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny model (hidden 8, 128 examples, 2 epochs) and few probes: seconds",
+    )
+    p.add_argument(
+        "--out",
+        default="matfree_tj_out",
+        help="output folder for figures/reports (default ./matfree_tj_out)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="matfree-tj",
+        description="The spectrum of a neural network's training Jacobian "
+        "J = d theta_T / d theta_0, matrix-free.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{spectrum,study}")
+    sub.required = True
+    sp = sub.add_parser(
+        "spectrum",
+        help="region counts (chaotic/bulk/stable) and top singular values",
+        description="Region counts with error bars and the top singular values of "
+        "a digits MLP's training Jacobian.",
+    )
+    _common(sp)
+    sp.add_argument(
+        "--backend",
+        choices=("matrix-free", "dense"),
+        default="matrix-free",
+        help="matrix-free (default: SLQ counts, Lanczos top values) or dense "
+        "(materialise J: P products, O(P^2) memory, full SVD)",
+    )
+    sp.add_argument(
+        "--num-top",
+        type=_positive_int,
+        default=10,
+        help="number of top singular values (default 10)",
+    )
+    sp.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON here")
+    sp.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+
+    st = sub.add_parser(
+        "study",
+        help="the eight experiments of the paper into --out",
+        description="Run the eight experiments of Belrose & Scherlis (2024) and "
+        "write study.json, PNG figures and summary.md into --out.",
+    )
+    _common(st)
+    st.add_argument(
+        "--backend",
+        choices=("matrix-free", "dense", "both"),
+        default="matrix-free",
+        help="matrix-free (default), dense, or both (adds a dense vs matrix-free agreement column)",
+    )
+    st.add_argument(
+        "--num-vectors",
+        type=_positive_int,
+        default=None,
+        help="matrix-free top/bottom triplets of J (default 48, 8 with --quick)",
+    )
+    st.add_argument(
+        "--num-moved",
+        type=_positive_int,
+        default=None,
+        help="top triplets of J - I spanning the bulk's complement (default 96)",
+    )
+    st.add_argument(
+        "--max-products",
+        type=_positive_int,
+        default=None,
+        help="budget of operator products per matrix-free triplet solve (default: the solver's)",
+    )
+    st.add_argument(
+        "--tol",
+        type=float,
+        default=None,
+        help="relative residual tolerance of the triplet solves (default: the solver's)",
+    )
+    st.add_argument(
+        "--num-seeds",
+        type=_positive_int,
+        default=3,
+        help="seeds for the bulk-overlap experiment (>= 2; default 3)",
+    )
+    st.add_argument(
+        "--num-eps",
+        type=_positive_int,
+        default=30,
+        help="perturbation scales in logspace(-3, 3) (default 30)",
+    )
+    return parser
+
+
+def _log(args):
+    t0 = time.perf_counter()
+    if args.quiet:
+        return lambda msg: None
+    return lambda msg: print(
+        f"[{time.perf_counter() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True
+    )
+
+
+def _setup(args, parser) -> None:
+    if not 0.0 <= args.lo <= 1.0 <= args.hi:
+        parser.error(f"expected 0 <= --lo <= 1 <= --hi, got --lo {args.lo} --hi {args.hi}")
+    if args.dtype == "float64":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+
+
+def _spectrum(args, parser) -> int:
+    import jax
+
+    from . import analysis as an
+    from ._analysis_study import StudyConfig, build_model, environment
+    from ._jacobian import training_jacobian
+
+    log = _log(args)
+    cfg = StudyConfig(
+        hidden=args.hidden,
+        optimizer=args.optimizer,
+        seed=args.seed,
+        backend=args.backend,
+        quick=args.quick,
+        dtype=args.dtype,
+        num_probes=args.num_probes,
+        num_steps=args.num_steps,
+    ).resolved()
+    t0 = time.perf_counter()
+    model = build_model(cfg)
+    P = model.num_params
+    top_max = P if args.backend == "dense" else P - 1
+    if args.num_top > top_max:
+        parser.error(
+            f"--num-top must be <= {top_max} for backend {args.backend}, got {args.num_top}"
+        )
+    log(
+        f"digits MLP hidden={cfg.hidden} optimizer={cfg.optimizer} seed={cfg.seed}: P={P}, "
+        f"T={model.config['num_steps']} steps; building the training Jacobian"
+    )
+    J = training_jacobian(model.train_fn, model.params0)
+    if args.backend == "dense":
+        log(f"dense: materialising J ({P} forward products) and a full SVD")
+    else:
+        steps = cfg.num_steps if cfg.num_steps is not None else "auto"
+        log(
+            f"matrix-free: top {args.num_top} singular values, then SLQ counts "
+            f"({cfg.num_probes} probes x {steps} steps)"
+        )
+    summ = an.spectrum_summary(
+        J,
+        key=jax.random.key(cfg.seed),
+        backend=args.backend,
+        lo=args.lo,
+        hi=args.hi,
+        num_top=args.num_top,
+        num_probes=cfg.num_probes,
+        num_steps=cfg.num_steps,
+    )
+    seconds = time.perf_counter() - t0
+    log(f"done in {seconds:.1f}s")
+
+    print(
+        f"training Jacobian of the digits MLP (hidden={cfg.hidden}, {cfg.optimizer}, "
+        f"seed={cfg.seed}): P = {P}, backend = {args.backend}"
+    )
+    print(f"{'region':<8} | {'count':>10} | {'stderr':>8}")
+    print(f"{'-' * 8}-+-{'-' * 10}-+-{'-' * 8}")
+    bounds = {
+        "chaotic": f"> {args.hi:g}",
+        "bulk": f"in [{args.lo:g}, {args.hi:g}]",
+        "stable": f"< {args.lo:g}",
+    }
+    for r in an.REGIONS:
+        print(f"{r:<8} | {summ.counts[r]:>10.1f} | {summ.stderr[r]:>8.1f}   sigma {bounds[r]}")
+    print("top singular values: " + ", ".join(f"{x:.4g}" for x in summ.top_singular_values))
+    print(f"operator products: {summ.num_products}; seconds: {seconds:.1f}")
+
+    doc = summ.to_dict(include_all_values=True)  # dense: all P values; matrix-free: top only
+    doc.update(seconds=seconds, model=model.config, environment=environment())
+    if not args.no_plot:
+        png = _plot_spectrum(summ, args.out)
+        if png:
+            doc["figure"] = png
+            print(f"figure: {png}")
+    if args.json:
+        d = os.path.dirname(os.path.abspath(args.json))
+        os.makedirs(d, exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=1)
+        print(f"json: {args.json}")
+    return 0
+
+
+def _plot_spectrum(summ, out: str) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    import numpy as np
+
+    os.makedirs(out, exist_ok=True)
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    s = summ.singular_values if summ.singular_values is not None else summ.top_singular_values
+    ax[0].semilogy(np.arange(1, len(s) + 1), s, "o-" if len(s) < 50 else "-", ms=3, lw=1)
+    ax[0].axhline(summ.hi, color="gray", ls=":", lw=0.8)
+    ax[0].axhline(summ.lo, color="gray", ls=":", lw=0.8)
+    ax[0].set(
+        xlabel="index i",
+        ylabel="sigma_i",
+        title=f"singular values of J ({summ.backend}, P={summ.num_params})",
+    )
+    from .analysis import REGIONS
+
+    ax[1].bar(
+        REGIONS,
+        [summ.counts[r] for r in REGIONS],
+        yerr=[2 * summ.stderr[r] for r in REGIONS],
+        capsize=4,
+    )
+    ax[1].set(ylabel="count (± 2 stderr)", title="regions")
+    fig.tight_layout()
+    path = os.path.join(out, f"spectrum_{summ.backend.replace('-', '')}.png")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def _study(args, parser) -> int:
+    import jax
+
+    from ._analysis_study import StudyConfig, run_study, write_report
+
+    cfg = StudyConfig(
+        hidden=args.hidden,
+        optimizer=args.optimizer,
+        seed=args.seed,
+        backend=args.backend,
+        quick=args.quick,
+        dtype=args.dtype,
+        lo=args.lo,
+        hi=args.hi,
+        num_vectors=args.num_vectors,
+        num_moved=args.num_moved,
+        num_probes=args.num_probes,
+        num_steps=args.num_steps,
+        num_eps=args.num_eps,
+        num_seeds=args.num_seeds,
+        max_products=args.max_products,
+        tol=args.tol,
+    )
+    if cfg.num_seeds < 2:
+        parser.error(f"--num-seeds must be >= 2, got {cfg.num_seeds}")
+    progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    results = run_study(cfg, key=jax.random.key(args.seed), progress=progress)
+    paths = write_report(results, args.out)
+    for row in results["claims"]:
+        vals = "; ".join(f"{b}: {row[b]}" for b in ("dense", "matrix-free") if b in row)
+        print(
+            f"- {row['claim']}\n    {vals}"
+            + (f"  [agree: {row['agree']}]" if "agree" in row else "")
+        )
+    print(
+        f"wrote {paths['json']}, {paths['markdown']} and {len(paths['figures'])} figures "
+        f"in {results['seconds']:.1f}s"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``matfree-tj``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup(args, parser)
+    if args.command == "spectrum":
+        return _spectrum(args, parser)
+    return _study(args, parser)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
