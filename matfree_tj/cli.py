@@ -54,7 +54,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--num-probes",
         type=_positive_int,
         default=None,
-        help="SLQ probe vectors (matrix-free counts; default 20, 4 with --quick)",
+        help="SLQ probe vectors (matrix-free counts; default 10, 4 with --quick)",
     )
     p.add_argument(
         "--num-steps",
