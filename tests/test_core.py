@@ -265,7 +265,7 @@ def test_composition_and_scipy():
 def test_bad_vectors(tiny_sgd):
     _, J = tiny_sgd
     P = J.shape[0]
-    with pytest.raises(ValueError, match=r"shape \(%d,\)" % P):
+    with pytest.raises(ValueError, match=rf"shape \({P},\)"):
         J.mv(jnp.ones(P + 1))
     with pytest.raises(ValueError, match="shape"):
         J.rmv(jnp.ones((P, 1)))
