@@ -1,0 +1,1 @@
+"""Benchmarks of matfree_tj (plain scripts, not tests): run ``python -m benchmarks.run --help``."""
