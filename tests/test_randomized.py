@@ -17,11 +17,8 @@ EPS64 = np.finfo(np.float64).eps
 
 
 @pytest.fixture(scope="module", autouse=True)
-def x64():
-    prev = jax.config.read("jax_enable_x64")
-    jax.config.update("jax_enable_x64", True)
+def _x64(x64):  # float64 for the whole module (tests/conftest.py restores it)
     yield
-    jax.config.update("jax_enable_x64", prev)
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,8 @@ import matfree_tj as mtj
 
 
 @pytest.fixture(scope="module", autouse=True)
-def x64():
-    prev = jax.config.read("jax_enable_x64")
-    jax.config.update("jax_enable_x64", True)
+def _x64(x64):  # float64 for the whole module (tests/conftest.py restores it)
     yield
-    jax.config.update("jax_enable_x64", prev)
 
 
 def exact_regions(s, lo=0.9, hi=1.1):

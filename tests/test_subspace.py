@@ -1,6 +1,5 @@
 """Principal cosines and projections (float64, exact identities)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,11 +8,8 @@ import matfree_tj as mtj
 
 
 @pytest.fixture(scope="module", autouse=True)
-def x64():
-    prev = jax.config.read("jax_enable_x64")
-    jax.config.update("jax_enable_x64", True)
+def _x64(x64):  # float64 for the whole module (tests/conftest.py restores it)
     yield
-    jax.config.update("jax_enable_x64", prev)
 
 
 def test_principal_cosines_known_angles():
