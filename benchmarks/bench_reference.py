@@ -6,7 +6,9 @@ fresh process:
 * dense: ``J.to_dense()`` (chunked forward mode) + ``mtj.dense_svd`` (LAPACK, float64) -- the
   oracle, and the paper's route;
 * ``top_singular(J, 50, method="lanczos")`` and ``method="randomized"``;
-* ``region_counts(J, method="slq")`` (lo = 0.9, hi = 1.1);
+* ``region_counts(J, method="slq")`` (lo = 0.9, hi = 1.1), plain;
+* ``analysis.spectrum_summary(J)``: the library's default counts (top triplets deflated from the
+  quadrature, Lanczos steps set by the largest remaining value);
 * anchors: ``scipy.sparse.linalg.svds`` on ``J.to_scipy()`` with ARPACK and PROPACK.
 
 Targets: top-50 triplets >= 5x faster than dense J + SVD with the top-50 within 1e-4 relative of
@@ -16,7 +18,9 @@ marked warm; the dense time includes the compilation of the chunked forward prod
 
 Quick mode uses a narrower MLP (hidden = 16, P = 1210) and k = 10 so it fits the time limit.
 
-Run: ``python -m benchmarks.run --only reference`` (``--quick`` for the small version).
+Run: ``python -m benchmarks.run --only reference`` (``--quick`` for the small version). A subset
+of the cases, always with the dense oracle in the same run:
+``python -c "from benchmarks import bench_reference as B; B.run(config={'cases': ['slq_deflated']})"``.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ from benchmarks import _common as C
 FULL = dict(model=dict(kind="mlp", hidden=64, num_epochs=25), k=50,
             lanczos={}, randomized={"oversample": 50, "power_iters": 3},
             slq=dict(num_probes=8, num_steps=200), svd_vectors=False,
-            anchors=("arpack", "propack"), lanczos_warm=True)
+            anchors=("arpack", "propack"), lanczos_warm=True, slq_deflated={})
 QUICK = dict(model=dict(kind="mlp", hidden=16, num_epochs=25), k=10,
              lanczos={}, randomized={"oversample": 20, "power_iters": 3},
              slq=dict(num_probes=8, num_steps=80), svd_vectors=False,
-             anchors=("arpack",), lanczos_warm=False)
+             anchors=("arpack",), lanczos_warm=False,
+             slq_deflated=dict(num_probes=4, num_steps=40, num_deflate=10))
 
 
 def rel_err(s, s_ref, k):
@@ -49,7 +54,11 @@ def run(quick: bool = False, out_dir=None, config: dict | None = None) -> dict:
     cases: dict = {}
     tag = "_quick" if quick else ""
 
+    wanted = cfg.get("cases")  # None: all; else the names to run (dense always runs)
+
     def case(name, target, kw, timeout):
+        if wanted is not None and name != "dense" and name not in wanted:
+            return
         cases[name] = C.run_isolated(target, kw, timeout=timeout)
         # raw results so far, so an interrupted run keeps what it measured
         C.write_json("reference" + tag, {"benchmark": "reference", "quick": quick, "config": cfg,
@@ -65,6 +74,9 @@ def run(quick: bool = False, out_dir=None, config: dict | None = None) -> dict:
     case("randomized", "benchmarks._cases:topk",
          dict(model=model, k=k, method="randomized", opts=cfg["randomized"]), 1200)
     case("slq", "benchmarks._cases:regions", dict(model=model, **cfg["slq"]), 1200)
+    if cfg.get("slq_deflated") is not None:
+        case("slq_deflated", "benchmarks._cases:spectrum", dict(model=model, **cfg["slq_deflated"]),
+             2400)
     for solver in cfg["anchors"]:
         case(f"svds_{solver}", "benchmarks._cases:svds",
              dict(model=model, k=k, solver=solver, tol=cfg.get("svds_tol", 1e-6),
@@ -133,13 +145,20 @@ def summarise(payload: dict) -> dict:
                      "peak_rss": c.get("rss_peak_above_start_bytes"), "note": note,
                      "meets_speed": t_dense / t >= 5.0 if name == "lanczos" else None,
                      "meets_accuracy": err is not None and err <= 1e-4})
-    sl = cases.get("slq")
-    if sl and sl.get("status") == "ok":
+    for name in ("slq", "slq_deflated"):
+        if cases.get(name):
+            out[name] = _slq_summary(cases[name], d, P, t_dense)
+    return out
+
+
+def _slq_summary(sl: dict, d: dict, P: int, t_dense: float) -> dict:
+    """Counts against the dense ones: errors and stderr as fractions of P, targets met."""
+    if sl.get("status") == "ok":
         r = sl["runs"][0]
         dr = d["regions"]
         errs = {g: abs(r[g] - dr[g]) / P for g in ("chaotic", "bulk", "stable")}
         se = {g: r["stderr"][g] / P for g in ("chaotic", "bulk", "stable")}
-        out["slq"] = {
+        return {
             "counts": {g: r[g] for g in ("chaotic", "bulk", "stable")},
             "stderr": r["stderr"], "dense": dr, "abs_err_frac_P": errs, "stderr_frac_P": se,
             "time_s": sl["cold_s"], "products": sl["num_products"],
@@ -152,10 +171,9 @@ def summarise(payload: dict) -> dict:
             "z": {g: (r[g] - dr[g]) / r["stderr"][g] if r["stderr"][g] > 0 else None
                   for g in ("chaotic", "bulk", "stable")},
             "peak_rss": sl.get("rss_peak_above_start_bytes"),
+            "num_deflate": sl.get("num_deflate"),
         }
-    elif sl:
-        out["slq"] = {"failed": f"{sl.get('status')}: {sl.get('why')}"}
-    return out
+    return {"failed": f"{sl.get('status')}: {sl.get('why')}"}
 
 
 def table(payload: dict) -> str:
@@ -177,27 +195,30 @@ def table(payload: dict) -> str:
         ("products", "products", "d"), ("per_product_s", "time / product", C.fmt_s),
         ("train_runs", "x training runs", ".0f"), ("rel_err", "max rel err", ".1e"),
         ("peak_rss", "peak RSS above setup", C.fmt_bytes), ("note", "note", "{}".format)]))
-    sl = s.get("slq")
-    if sl and "failed" not in sl:
-        rows = []
-        for g in ("chaotic", "bulk", "stable"):
-            rows.append({"region": g, "slq": sl["counts"][g], "stderr": sl["stderr"][g],
-                         "dense": sl["dense"][g], "err": sl["abs_err_frac_P"][g] * 100,
-                         "se": sl["stderr_frac_P"][g] * 100, "z": sl["z"][g]})
-        lines.append(f"\nRegion counts (SLQ, {sl['num_probes']} probes x {sl['num_steps']} "
-                     f"steps = {sl['products']} products, {C.fmt_s(sl['time_s'])}, "
-                     f"{C.fmt_s(sl['per_product_s'])} per product; dense J + SVD "
-                     f"{C.fmt_s(s['dense_s'])}):\n")
-        lines.append(C.markdown_table(rows, [
-            ("region", "region", "{}".format), ("slq", "SLQ", ".1f"), ("stderr", "stderr", ".1f"),
-            ("dense", "dense", "d"), ("err", "|error| (% of P)", ".2f"),
-            ("se", "stderr (% of P)", ".2f"), ("z", "error / stderr", "+.2f")]))
-        lines.append(f"\nstderr <= 0.5% of P: {C.fmt(sl['meets_stderr'])}; time <= dense: "
-                     f"{C.fmt(sl['meets_time'])}; within 1% of P of dense: "
-                     f"{C.fmt(sl['meets_1pct'])}."
-                     + (f" Warnings: {'; '.join(sl['warnings'])}" if sl["warnings"] else "") + "\n")
-    elif sl:
-        lines.append(f"\nSLQ region counts failed: {sl['failed']}\n")
+    for name, title in (("slq", "plain SLQ"),
+                        ("slq_deflated", "analysis.spectrum_summary default: top triplets "
+                                         "deflated, then SLQ")):
+        sl = s.get(name)
+        if sl and "failed" not in sl:
+            rows = []
+            for g in ("chaotic", "bulk", "stable"):
+                rows.append({"region": g, "slq": sl["counts"][g], "stderr": sl["stderr"][g],
+                             "dense": sl["dense"][g], "err": sl["abs_err_frac_P"][g] * 100,
+                             "se": sl["stderr_frac_P"][g] * 100, "z": sl["z"][g]})
+            lines.append(f"\nRegion counts ({title}, {sl['num_probes']} probes x {sl['num_steps']} "
+                         f"steps = {sl['products']} products, {C.fmt_s(sl['time_s'])}, "
+                         f"{C.fmt_s(sl['per_product_s'])} per product; dense J + SVD "
+                         f"{C.fmt_s(s['dense_s'])}):\n")
+            lines.append(C.markdown_table(rows, [
+                ("region", "region", "{}".format), ("slq", "SLQ", ".1f"), ("stderr", "stderr", ".1f"),
+                ("dense", "dense", "d"), ("err", "|error| (% of P)", ".2f"),
+                ("se", "stderr (% of P)", ".2f"), ("z", "error / stderr", "+.2f")]))
+            lines.append(f"\nstderr <= 0.5% of P: {C.fmt(sl['meets_stderr'])}; time <= dense: "
+                         f"{C.fmt(sl['meets_time'])}; within 1% of P of dense: "
+                         f"{C.fmt(sl['meets_1pct'])}."
+                         + (f" Warnings: {'; '.join(sl['warnings'])}" if sl["warnings"] else "") + "\n")
+        elif sl:
+            lines.append(f"\n{title} region counts failed: {sl['failed']}\n")
     return "\n".join(lines)
 
 

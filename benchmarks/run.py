@@ -5,6 +5,8 @@ Parts (default: all, in this order):
 ``products``   issue 2: products vs one training run on the reference model (bench_products)
 ``reference``  issue 3 performance + issue 5 part 4: matrix-free vs dense J + SVD and scipy
                svds anchors on the reference model (bench_reference)
+``crossover``  issue 5 target: top-50 vs dense J + SVD on wider MLPs (T = 25), up to the
+               largest P where dense runs here (bench_crossover)
 ``scaling``    issue 5 parts 1-2: scaling in P (dense until it cannot run, Lanczos, randomized,
                SLQ) and in T (reverse-product memory per checkpoint option) (bench_scaling)
 ``accuracy``   issue 5 part 3: error against budget, honesty of the error bars (bench_accuracy)
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from benchmarks import _common as C
 
-PARTS = ("products", "reference", "scaling", "accuracy", "gpu")
+PARTS = ("products", "reference", "crossover", "scaling", "accuracy", "gpu")
 
 
 def main(argv=None) -> int:
@@ -55,7 +57,7 @@ def main(argv=None) -> int:
     for part in parts:
         t = time.perf_counter()
         print(f"\n== {part} ==", flush=True)
-        if part in ("reference", "scaling", "accuracy") and not ok:
+        if part in ("reference", "crossover", "scaling", "accuracy") and not ok:
             print(f"skipped: {why}", flush=True)
             continue
         if part == "products":
@@ -64,6 +66,10 @@ def main(argv=None) -> int:
             B.run(quick=a.quick, out_dir=a.out)
         elif part == "reference":
             from benchmarks import bench_reference as B
+
+            B.run(quick=a.quick, out_dir=a.out)
+        elif part == "crossover":
+            from benchmarks import bench_crossover as B
 
             B.run(quick=a.quick, out_dir=a.out)
         elif part == "scaling":
@@ -87,11 +93,13 @@ def main(argv=None) -> int:
 def render(parts, quick: bool, out_dir) -> int:
     import json
 
-    from benchmarks import bench_accuracy, bench_products, bench_reference, bench_scaling
+    from benchmarks import (bench_accuracy, bench_crossover, bench_products, bench_reference,
+                            bench_scaling)
 
     tag = "_quick" if quick else ""
     renderers = {"products": [("products", bench_products.render)],
                  "reference": [("reference", bench_reference.render)],
+                 "crossover": [("crossover", bench_crossover.render)],
                  "scaling": [("scaling_p", bench_scaling.render_p),
                              ("scaling_t", bench_scaling.render_t)],
                  "accuracy": [("accuracy", bench_accuracy.render)]}

@@ -20,6 +20,7 @@ arXiv:2412.07003 (2024).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -100,6 +101,23 @@ def _check_params(params0: Any) -> None:
             )
 
 
+def default_cache_budget(x: jax.Array) -> int:
+    """A quarter of the memory of the device holding ``x`` (host RAM on CPU), at least 1 GiB."""
+    total = None
+    try:
+        dev = next(iter(x.devices()))
+        if dev.platform != "cpu":
+            total = (dev.memory_stats() or {}).get("bytes_limit")
+    except Exception:  # noqa: BLE001 - memory_stats is optional per backend
+        total = None
+    if total is None:
+        try:
+            total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            total = 8 * 1024**3
+    return max(int(total) // 4, 1024**3)
+
+
 def _describe(tree: Any) -> str:
     return str(jax.tree_util.tree_map(lambda s: f"{s.dtype.name}{list(s.shape)}", tree))
 
@@ -111,7 +129,7 @@ def training_jacobian(
     forward: str = "auto",
     checkpoint: str = "none",
     cache_reverse: bool | str = "auto",
-    cache_budget_bytes: int = 2 * 1024**3,
+    cache_budget_bytes: int | None = None,
     chunk_size: int = 64,
     mesh: jax.sharding.Mesh | None = None,
     check_finite: bool = True,
@@ -143,9 +161,11 @@ def training_jacobian(
         set by ``checkpoint``; products ~3x faster); ``False``: re-run the primal in each
         product; ``"auto"`` (default): cache when it fits in ``cache_budget_bytes``.
     cache_budget_bytes
-        Memory allowed for each cache under ``"auto"`` (default 2 GiB). Sizes are found
-        abstractly (``jax.eval_shape``) before anything is stored; ``J.cached`` says what
-        was cached.
+        Memory allowed for the two caches together under ``"auto"`` (the forward cache is
+        considered first, the reverse one gets what is left). Default ``None``: a quarter of
+        the memory of the device holding ``params0`` (host RAM on CPU; at least 1 GiB).
+        Sizes are found abstractly (``jax.eval_shape``) before anything is stored;
+        ``J.cached`` says what was cached.
     chunk_size
         Columns per vmapped chunk of a block product.
     mesh
@@ -253,11 +273,13 @@ def training_jacobian(
         shapes = jax.eval_shape(make, theta0)
         return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(shapes))
 
+    budget = default_cache_budget(theta0) if cache_budget_bytes is None else cache_budget_bytes
     if forward == "auto":
         lin_bytes = cache_bytes(lambda th: jax.linearize(f_fwd, th)[1])
-        forward = "linearize" if lin_bytes <= cache_budget_bytes else "jvp"
+        forward = "linearize" if lin_bytes <= budget else "jvp"
+        budget -= lin_bytes if forward == "linearize" else 0
     if cache_reverse == "auto":
-        cache_reverse = cache_bytes(lambda th: jax.vjp(f_rev, th)[1]) <= cache_budget_bytes
+        cache_reverse = cache_bytes(lambda th: jax.vjp(f_rev, th)[1]) <= budget
 
     if forward == "jvp":
         mv = jax.jit(lambda v: jax.jvp(f_fwd, (theta0,), (v,))[1])

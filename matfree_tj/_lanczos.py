@@ -46,6 +46,7 @@ symmetric eigenvalue problems", SIAM J. Matrix Anal. Appl. 22 (2000).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -389,7 +390,7 @@ def finalise(
 
 
 def _lanczos_svd(op, k, *, key, which, tol, atol, num_basis, keep, max_products, v0,
-                 block_size=1):
+                 block_size=1, progress=None):
     M, N = op.shape
     dtype = op.dtype
     r = min(M, N)
@@ -445,6 +446,12 @@ def _lanczos_svd(op, k, *, key, which, tol, atol, num_basis, keep, max_products,
         else:
             est = np.linalg.norm(np.asarray(D, np.float64) @ X[:, order[:k]], axis=0)
         a = atol if atol is not None else 100 * eps * anorm
+        if progress is not None:
+            done = int(np.sum(est <= tol * S[order[:k]] + a))
+            progress(
+                f"lanczos ({which}) cycle {cycle}: {num_products} products, {done}/{k} "
+                f"estimated converged, s in [{S[order[k - 1]]:.4g}, {S[order[0]]:.4g}]"
+            )
         # The recurrence estimate ignores rounding in A v - s u; require a margin below the
         # target so that the final check from fresh products rarely disagrees.
         if np.all(est <= 0.1 * (tol * S[order[:k]] + a)) or m >= r:
@@ -521,6 +528,7 @@ def top_singular(
     max_products: int | None = None,
     v0: jax.Array | None = None,
     block_size: int | None = None,
+    progress: Callable[[str], None] | None = None,
     **opts: Any,
 ) -> SingularTriplets:
     r"""The ``k`` largest singular triplets of ``op`` (descending).
@@ -569,6 +577,9 @@ def top_singular(
         the same accuracy, so this pays off when the per-column saving is large.
         ``num_basis`` is rounded down to a multiple of ``b``.
         Randomized: the block of the adaptive range finder (default ``k + oversample``).
+    progress
+        Optional callable receiving one line per restart cycle (products so far, triplets
+        estimated converged) -- for long runs. Lanczos only.
 
     Returns
     -------
@@ -625,10 +636,12 @@ def top_singular(
         max_products=max_products,
         v0=v0,
         block_size=1 if block_size is None else block_size,
+        progress=progress,
     )
 
 
-def _run(op, k, *, key, which, tol, atol, m, keep, max_products, v0, block_size=1):
+def _run(op, k, *, key, which, tol, atol, m, keep, max_products, v0, block_size=1,
+         progress=None):
     b = check_int("block_size", block_size, 1, max(1, min(op.shape) // 2), "min(shape) // 2")
     if b > 1:
         # whole blocks only: round the basis down to a multiple of b and leave room for the
@@ -669,6 +682,7 @@ def _run(op, k, *, key, which, tol, atol, m, keep, max_products, v0, block_size=
         max_products=max_products,
         v0=v0,
         block_size=b,
+        progress=progress,
     )
 
 
@@ -684,6 +698,7 @@ def bottom_singular(
     max_products: int | None = None,
     v0: jax.Array | None = None,
     block_size: int = 1,
+    progress: Callable[[str], None] | None = None,
 ) -> SingularTriplets:
     r"""The ``k`` smallest singular triplets of a square ``op`` (ascending), with honest flags.
 
@@ -722,6 +737,8 @@ def bottom_singular(
         Optional start vector.
     block_size
         Block products of ``b`` columns, as in :func:`top_singular`.
+    progress
+        Optional callable receiving one line per restart cycle, as in :func:`top_singular`.
 
     Returns
     -------
@@ -766,4 +783,5 @@ def bottom_singular(
         max_products=max_products,
         v0=v0,
         block_size=block_size,
+        progress=progress,
     )

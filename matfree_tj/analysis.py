@@ -232,6 +232,7 @@ def spectrum_summary(
     num_deflate: int | None = None,
     svd: DenseSVD | None = None,
     top_opts: Mapping | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> SpectrumSummary:
     r"""Singular values of ``J`` and the chaotic / bulk / stable counts with error bars.
 
@@ -258,12 +259,15 @@ def spectrum_summary(
         Matrix-free: the top ``num_deflate`` triplets are computed first (converged ones are
         counted exactly and projected out of the quadrature), so the Lanczos nodes only need
         to resolve ``[lo, hi]`` against :math:`\sigma_{k+1}` rather than :math:`\sigma_1`.
-        Default ``min(150, max(num_top, P // 32))``. On the reference model (P = 4810) this
+        Default ``min(150, max(num_top, P // 32))``; ``0``: plain SLQ. On the reference model (P = 4810) this
         took the counts from 3.5% of P off the dense ones (no deflation, 151 steps) to 0.2%
         (deflate 150, 10 probes x 300 steps), with fewer products.
     top_opts
         Extra keyword arguments for :func:`matfree_tj.top_singular` (``method``, ``tol``...;
         default ``tol=1e-6``).
+    progress
+        Optional callable receiving progress lines (each stage, its products and seconds,
+        and an estimate of the SLQ stage's time from the rate measured in the first).
 
     Cost
     ----
@@ -312,22 +316,40 @@ def spectrum_summary(
     k_rc, k_top = jax.random.split(key)
     if num_deflate is None:
         num_deflate = min(150, max(int(num_top), P // 32))
+    if int(num_deflate) < 0:
+        raise ValueError(f"num_deflate must be >= 0 (0: no deflation), got {num_deflate}.")
     num_deflate = min(int(num_deflate), P - 2)
     # The top values first: they are deflated from the quadrature, and the largest value left
     # (sigma_{k+1}) sets the resolution that num_steps must reach.
     t_opts = {"tol": 1e-6, **dict(top_opts or {})}
-    top = _mtj().top_singular(J, max(int(num_top), num_deflate), key=k_top, **t_opts)
+    if progress is not None and t_opts.get("method", "lanczos") == "lanczos":
+        t_opts.setdefault("progress", progress)
+    k_first = max(int(num_top), num_deflate)
+    _say(progress, f"top {k_first} singular triplets (Lanczos, tol {t_opts['tol']:g})")
+    top = _mtj().top_singular(J, k_first, key=k_top, **t_opts)
+    t_top = time.perf_counter() - t0
     conv = np.asarray(top.converged, dtype=bool)
     s_top = _np(top.s)
-    sigma_rest = float(np.min(s_top[conv])) if conv.any() else float(np.max(s_top))
+    use_deflation = num_deflate > 0 and conv.any() and conv.sum() < P
+    sigma_rest = float(np.min(s_top[conv])) if use_deflation else float(np.max(s_top))
     opts = {
         "num_steps": auto_num_steps(sigma_rest, lo, hi, P, factor=6.0),
         "num_probes": 10 if num_probes is None else int(num_probes),
     }
     if num_steps is not None:
         opts["num_steps"] = int(num_steps)
-    deflate = top if conv.any() and conv.sum() < P else None
+    deflate = top if use_deflation else None
+    n_slq = 2 * opts["num_probes"] * opts["num_steps"]
+    per_product = t_top / max(int(top.num_products), 1)
+    _say(
+        progress,
+        f"top {k_first}: {int(conv.sum())} converged, {int(top.num_products)} products, "
+        f"{t_top:.1f}s; SLQ counts: {opts['num_probes']} probes x {opts['num_steps']} steps "
+        f"({n_slq} products, about {n_slq * per_product / 60:.1f} min at that rate), "
+        f"{int(conv.sum()) if deflate is not None else 0} deflated",
+    )
     rc = _mtj().region_counts(J, key=k_rc, lo=lo, hi=hi, method="slq", deflate=deflate, **opts)
+    _say(progress, f"SLQ done in {time.perf_counter() - t0 - t_top:.1f}s")
     counts = {r: _get(rc, r) for r in REGIONS}
     stderr = {r: _get(rc.stderr, r) for r in REGIONS}
     n_prod = int(getattr(rc, "num_products", 0)) + int(getattr(top, "num_products", 0))
@@ -343,6 +365,11 @@ def spectrum_summary(
         n_prod,
         time.perf_counter() - t0,
     )
+
+
+def _say(progress: Callable[[str], None] | None, msg: str) -> None:
+    if progress is not None:
+        progress(msg)
 
 
 def auto_num_steps(

@@ -28,6 +28,16 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--hidden",
@@ -103,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=10,
         help="number of top singular values (default 10)",
+    )
+    sp.add_argument(
+        "--num-deflate",
+        type=_nonnegative_int,
+        default=None,
+        help="matrix-free: top triplets computed first, counted exactly and projected out of "
+        "the quadrature (default min(150, max(num_top, P // 32)); 0: plain SLQ)",
     )
     sp.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON here")
     sp.add_argument("--no-plot", action="store_true", help="do not write the PNG")
@@ -225,6 +242,8 @@ def _spectrum(args, parser) -> int:
         num_top=args.num_top,
         num_probes=cfg.num_probes,
         num_steps=cfg.num_steps,
+        num_deflate=args.num_deflate,
+        progress=log,
     )
     seconds = time.perf_counter() - t0
     log(f"done in {seconds:.1f}s")

@@ -64,7 +64,10 @@ def test_spectrum_summary_dense_is_exact(linreg):
 
 def test_spectrum_summary_matrix_free_agrees_with_oracle(linreg):
     lr, J = linreg
-    summ = an.spectrum_summary(J, key=jax.random.key(1), num_top=2, num_probes=16, num_steps=40)
+    lines = []
+    summ = an.spectrum_summary(J, key=jax.random.key(1), num_top=2, num_probes=16, num_steps=40,
+                               progress=lines.append)
+    assert any("SLQ counts: 16 probes x 40 steps" in x for x in lines), lines
     exact = an.counts_from_values(lr.singular_values)
     for r in an.REGIONS:  # a stochastic estimate, judged by its own standard error
         assert abs(summ.counts[r] - exact[r]) <= 4 * summ.stderr[r] + 1.0, (r, summ)

@@ -111,6 +111,41 @@ def test_no_recompilation_on_second_call(tiny_sgd):
     assert J.rmv_fn._cache_size() == 1
 
 
+def test_eager_block_products_trace_once_and_free_the_operator():
+    import gc
+    import weakref
+
+    A = jax.random.normal(jax.random.key(3), (7, 5))
+    traces = []
+
+    def mv(v):
+        traces.append(1)  # runs once per trace, not per call
+        return A @ v
+
+    op = mtj.LinearOperator(mv, lambda u: A.T @ u, A.shape, A.dtype, chunk_size=2)
+    V = jax.random.normal(jax.random.key(4), (5, 3))
+    for _ in range(3):
+        np.testing.assert_allclose(op.matmat(V), A @ V, rtol=1e-12)
+    assert len(traces) == 1
+    ref = weakref.ref(mv)
+    del op, mv
+    gc.collect()
+    assert ref() is None  # the compiled block product does not keep the operator alive
+
+
+def test_cache_budget_is_shared_between_the_two_caches(tiny_sgd):
+    m, J = tiny_sgd
+    from matfree_tj._jacobian import default_cache_budget
+
+    assert default_cache_budget(J.params0_flat) >= 1024**3
+    f = lambda th: ravel_pytree(m.train_fn(J.unravel(th)))[0]  # noqa: E731
+    lin = jax.eval_shape(lambda th: jax.linearize(f, th)[1], J.params0_flat)
+    lin_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(lin))
+    J4 = mtj.training_jacobian(m.train_fn, m.params0, cache_budget_bytes=lin_bytes,
+                               check_deterministic=False)
+    assert J4.cached == {"forward": True, "reverse": False}  # nothing left for the pullback
+
+
 def test_primal_and_unravel(tiny_sgd):
     m, J = tiny_sgd
     theta_T, _ = ravel_pytree(m.train_fn(m.params0))
