@@ -20,7 +20,8 @@ __all__ = ["DenseSVD", "dense_svd"]
 
 
 class DenseSVD(eqx.Module):
-    """Full SVD ``A = U diag(s) V^T``: ``s`` descending; ``U``, ``V`` columns (None if not asked)."""
+    """Full SVD ``A = U diag(s) V^T``: ``s`` descending; ``U``, ``V`` columns (None if not
+    asked)."""
 
     s: np.ndarray
     U: np.ndarray | None = None

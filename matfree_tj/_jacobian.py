@@ -216,7 +216,9 @@ def training_jacobian(
     out_arrays = eqx.filter(out_full, lambda x: isinstance(x, jax.ShapeDtypeStruct))
     if jax.tree_util.tree_structure(out_arrays) != jax.tree_util.tree_structure(in_shapes) or any(
         (a.shape, a.dtype) != (b.shape, b.dtype)
-        for a, b in zip(jax.tree_util.tree_leaves(out_arrays), jax.tree_util.tree_leaves(in_shapes))
+        for a, b in zip(
+            jax.tree_util.tree_leaves(out_arrays), jax.tree_util.tree_leaves(in_shapes), strict=True
+        )
     ):
         raise ValueError(
             "train_fn must return parameters with the same structure, shapes and dtypes as its "
@@ -266,7 +268,8 @@ def training_jacobian(
             raise ValueError(
                 "train_fn is not deterministic: two runs from the same params0 differ (max "
                 f"abs difference {float(jnp.max(jnp.abs(again - theta_T))):.3g}). Fix the batch "
-                "order and all randomness (pass keys explicitly) so params_T depends only on params0."
+                "order and all randomness (pass keys explicitly) so params_T depends only on "
+                "params0."
             )
 
     def cache_bytes(make):

@@ -11,10 +11,9 @@ optionally split the columns across the devices of a :class:`jax.sharding.Mesh`.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
-
-import weakref
 
 import equinox as eqx
 import jax

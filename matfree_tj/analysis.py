@@ -259,9 +259,9 @@ def spectrum_summary(
         Matrix-free: the top ``num_deflate`` triplets are computed first (converged ones are
         counted exactly and projected out of the quadrature), so the Lanczos nodes only need
         to resolve ``[lo, hi]`` against :math:`\sigma_{k+1}` rather than :math:`\sigma_1`.
-        Default ``min(150, max(num_top, P // 32))``; ``0``: plain SLQ. On the reference model (P = 4810) this
-        took the counts from 3.5% of P off the dense ones (no deflation, 151 steps) to 0.2%
-        (deflate 150, 10 probes x 300 steps), with fewer products.
+        Default ``min(150, max(num_top, P // 32))``; ``0``: plain SLQ. On the reference model
+        (P = 4810) this took the counts from 3.5% of P off the dense ones (no deflation,
+        151 steps) to 0.2% (deflate 150, 10 probes x 300 steps), with fewer products.
     top_opts
         Extra keyword arguments for :func:`matfree_tj.top_singular` (``method``, ``tol``...;
         default ``tol=1e-6``).

@@ -39,13 +39,17 @@ __all__ = [
 
 
 def load_digits_split(test_size: int = 197, random_state: int = 0):
-    """Digits features / 16 split as in the reference notebook: (X_train, y_train, X_test, y_test)."""
+    """Digits features / 16, split as in the reference notebook.
+
+    Returns ``(X_train, y_train, X_test, y_test)``.
+    """
     try:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "digits_mlp needs scikit-learn for the digits data set: pip install 'matfree-tj[datasets]'"
+            "digits_mlp needs scikit-learn for the digits data set: "
+            "pip install 'matfree-tj[datasets]'"
         ) from e
     X, y = load_digits(return_X_y=True)
     X = X / 16.0
@@ -56,7 +60,7 @@ def load_digits_split(test_size: int = 197, random_state: int = 0):
 def mlp_init(key: jax.Array, sizes: tuple[int, ...], dtype=jnp.float32) -> dict:
     """Kernels lecun-normal (std fan_in**-0.5), biases normal with std fan_in**-0.5."""
     params = {}
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         key, kw, kb = jax.random.split(key, 3)
         std = fan_in**-0.5
         params[f"w{i}"] = (
