@@ -114,7 +114,10 @@ class RegionCounts:
     ``chaotic``: :math:`\sigma > hi`; ``bulk``: :math:`lo \le \sigma \le hi`; ``stable``:
     :math:`\sigma < lo`. They sum to the dimension ``P`` (exactly for ``method="dense"``; for
     ``"slq"`` because each probe's quadrature weights sum to one). ``stderr`` is the standard
-    error over probes (all zero for ``"dense"``).
+    error over probes (all zero for ``"dense"``). ``step_change`` (``"slq"``): how much each
+    count moved between ``num_steps // 2`` and ``num_steps`` Lanczos steps on the same probes
+    (the quadratures are nested, so this costs nothing): a check on the quadrature bias, which
+    the standard error does not see. If it is not small against the stderr, use more steps.
     """
 
     chaotic: float
@@ -128,6 +131,7 @@ class RegionCounts:
     dim: int
     num_probes: int = 0
     num_steps: int = 0
+    step_change: dict | None = None
 
     def __getitem__(self, name: str) -> float:
         if name not in ("chaotic", "bulk", "stable"):
@@ -148,6 +152,8 @@ class RegionCounts:
             "dim": int(self.dim),
             "num_probes": int(self.num_probes),
             "num_steps": int(self.num_steps),
+            "step_change": None if self.step_change is None else {
+                k: float(v) for k, v in self.step_change.items()},
         }
 
 
@@ -176,6 +182,9 @@ class SpectralDensity:
     deflated
         Singular values of converged triplets removed before the quadrature (counted exactly;
         the quadrature then covers the other ``P - c`` values).
+    half
+        The same quadrature truncated to ``num_steps // 2`` steps (the leading block of each
+        probe's projected matrix: Lanczos is nested), for the convergence check of counts.
     """
 
     nodes: np.ndarray
@@ -187,6 +196,7 @@ class SpectralDensity:
     sigma_max: float
     probes: str = "rademacher"
     deflated: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    half: SpectralDensity | None = None
 
     @property
     def num_deflated(self) -> int:

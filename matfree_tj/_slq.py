@@ -207,23 +207,29 @@ def singular_value_density(
             "singular_value_density: a Lanczos step produced NaN or inf (non-finite products)."
         )
     R = np.asarray(R, dtype=np.float64)
-    nodes = np.empty((num_probes, num_steps))
-    weights = np.empty((num_probes, num_steps))
-    for p in range(num_probes):
-        _, S, Yt = np.linalg.svd(R[p])
-        nodes[p] = S[::-1]
-        weights[p] = (Yt[::-1, 0]) ** 2  # first components of the right singular vectors
-    weights /= weights.sum(axis=1, keepdims=True)  # exact in theory; remove rounding drift
-    return SpectralDensity(
-        nodes=nodes,
-        weights=weights,
-        dim=P,
-        num_products=2 * num_steps * num_probes,
-        num_steps=num_steps,
-        num_probes=num_probes,
-        sigma_max=float(nodes.max()),
-        probes=probes, deflated=deflated,
-    )
+
+    def quadrature(m: int, half=None) -> SpectralDensity:
+        # the first m steps' projected matrix is the leading m x m block (nested Krylov spaces)
+        nodes = np.empty((num_probes, m))
+        weights = np.empty((num_probes, m))
+        for p in range(num_probes):
+            _, S, Yt = np.linalg.svd(R[p, :m, :m])
+            nodes[p] = S[::-1]
+            weights[p] = (Yt[::-1, 0]) ** 2  # first components of the right singular vectors
+        weights /= weights.sum(axis=1, keepdims=True)  # exact in theory; remove rounding drift
+        return SpectralDensity(
+            nodes=nodes,
+            weights=weights,
+            dim=P,
+            num_products=2 * m * num_probes,
+            num_steps=m,
+            num_probes=num_probes,
+            sigma_max=float(nodes.max()),
+            probes=probes, deflated=deflated, half=half,
+        )
+
+    half = quadrature(num_steps // 2) if num_steps >= 4 else None
+    return quadrature(num_steps, half)
 
 
 def region_counts(
@@ -264,7 +270,8 @@ def region_counts(
     -------
     RegionCounts
         ``chaotic``, ``bulk``, ``stable``, ``stderr`` (``.bulk`` or ``["bulk"]``),
-        ``num_products``, ``method``, ``to_dict()``.
+        ``num_products``, ``method``, ``step_change`` (change of each count from
+        ``num_steps // 2`` to ``num_steps`` steps: the quadrature's convergence), ``to_dict()``.
 
     Cost (slq): ``2 num_steps num_probes`` products.
 
@@ -305,9 +312,18 @@ def region_counts(
         raise ValueError(f"method must be 'slq' or 'dense', got {method!r}.")
     dens = singular_value_density(op, key=key, num_probes=num_probes, num_steps=num_steps, **opts)
     dens._check_resolution(lo, hi)
-    chaotic = dens.per_probe_counts(hi, np.inf, closed="neither")
-    bulk = dens.per_probe_counts(lo, hi, closed="both")
-    stable = dens.per_probe_counts(-np.inf, lo, closed="neither")
+    def per_probe(d):
+        return (d.per_probe_counts(hi, np.inf, closed="neither"),
+                d.per_probe_counts(lo, hi, closed="both"),
+                d.per_probe_counts(-np.inf, lo, closed="neither"))
+
+    chaotic, bulk, stable = per_probe(dens)
+    step_change = None
+    if dens.half is not None:
+        halves = per_probe(dens.half)
+        step_change = {name: float(np.mean(full) - np.mean(h)) for name, full, h in
+                       zip(("chaotic", "bulk", "stable"), (chaotic, bulk, stable), halves,
+                           strict=True)}
     from ._results import _stderr
 
     return RegionCounts(
@@ -322,4 +338,5 @@ def region_counts(
         dim=P,
         num_probes=dens.num_probes,
         num_steps=dens.num_steps,
+        step_change=step_change,
     )

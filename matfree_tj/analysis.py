@@ -184,6 +184,7 @@ class SpectrumSummary:
     singular_values: np.ndarray | None
     num_products: int
     seconds: float
+    settings: dict | None = None  # matrix-free: probes, steps, deflated triplets, sigma_{k+1}
 
     def to_dict(self, include_all_values: bool = False) -> dict:
         d = dict(
@@ -197,6 +198,8 @@ class SpectrumSummary:
             num_products=int(self.num_products),
             seconds=float(self.seconds),
         )
+        if self.settings is not None:
+            d["settings"] = dict(self.settings)
         if include_all_values and self.singular_values is not None:
             d["singular_values"] = [float(x) for x in self.singular_values]
         return d
@@ -364,6 +367,15 @@ def spectrum_summary(
         None,
         n_prod,
         time.perf_counter() - t0,
+        settings=dict(
+            num_probes=opts["num_probes"],
+            num_steps=opts["num_steps"],
+            num_deflated=int(conv.sum()) if deflate is not None else 0,
+            sigma_rest=sigma_rest,
+            top_products=int(top.num_products),
+            top_seconds=t_top,
+            step_change=rc.step_change,
+        ),
     )
 
 

@@ -121,6 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="matrix-free: top triplets computed first, counted exactly and projected out of "
         "the quadrature (default min(150, max(num_top, P // 32)); 0: plain SLQ)",
     )
+    sp.add_argument(
+        "--cache",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto (default): cache the linearisation and the pullback when they fit in a "
+        "quarter of memory (fastest single products); off: re-run training in every product "
+        "(memory flat in T; for wide models whose block products would not fit)",
+    )
+    sp.add_argument(
+        "--checkpoint",
+        choices=("none", "step", "sqrt"),
+        default="none",
+        help="reverse-product memory layout (see matfree_tj.training_jacobian; default none)",
+    )
     sp.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON here")
     sp.add_argument("--no-plot", action="store_true", help="do not write the PNG")
 
@@ -224,7 +238,9 @@ def _spectrum(args, parser) -> int:
         f"digits MLP hidden={cfg.hidden} optimizer={cfg.optimizer} seed={cfg.seed}: P={P}, "
         f"T={model.config['num_steps']} steps; building the training Jacobian"
     )
-    J = training_jacobian(model.train_fn, model.params0)
+    cache = {} if args.cache == "auto" else dict(forward="jvp", cache_reverse=False)
+    J = training_jacobian(model.train_fn, model.params0, checkpoint=args.checkpoint, **cache)
+    log(f"products: cached {J.cached}, checkpoint {args.checkpoint}")
     if args.backend == "dense":
         log(f"dense: materialising J ({P} forward products) and a full SVD")
     else:
@@ -262,10 +278,17 @@ def _spectrum(args, parser) -> int:
     for r in an.REGIONS:
         print(f"{r:<8} | {summ.counts[r]:>10.1f} | {summ.stderr[r]:>8.1f}   sigma {bounds[r]}")
     print("top singular values: " + ", ".join(f"{x:.4g}" for x in summ.top_singular_values))
+    sc = (summ.settings or {}).get("step_change")
+    if sc:
+        steps = summ.settings["num_steps"]
+        print(f"quadrature check, change of each count from {steps // 2} to {steps} Lanczos steps "
+              "(should be small against the stderr; else use more --num-steps): "
+              + ", ".join(f"{r} {sc[r]:+.1f}" for r in an.REGIONS))
     print(f"operator products: {summ.num_products}; seconds: {seconds:.1f}")
 
     doc = summ.to_dict(include_all_values=True)  # dense: all P values; matrix-free: top only
-    doc.update(seconds=seconds, model=model.config, environment=environment())
+    doc.update(seconds=seconds, model=model.config, environment=environment(),
+               products={"cached": J.cached, "checkpoint": args.checkpoint})
     if not args.no_plot:
         png = _plot_spectrum(summ, args.out)
         if png:

@@ -103,6 +103,21 @@ def test_density_integrates_to_P(diag400):
     assert d.num_products == 2 * 4 * 40
 
 
+def test_half_step_quadrature_is_the_nested_truncation(diag400):
+    # Lanczos is nested: the first m/2 steps of a run are a run of m/2 steps with the same
+    # probes, so the free convergence check compares two genuine quadratures.
+    _, op = diag400
+    full = mtj.singular_value_density(op, key=jax.random.key(5), num_probes=3, num_steps=64)
+    short = mtj.singular_value_density(op, key=jax.random.key(5), num_probes=3, num_steps=32)
+    np.testing.assert_allclose(full.half.nodes, short.nodes, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(full.half.weights, short.weights, rtol=1e-6, atol=1e-10)
+    rc = mtj.region_counts(op, key=jax.random.key(5), num_probes=3, num_steps=64)
+    rc_short = mtj.region_counts(op, key=jax.random.key(5), num_probes=3, num_steps=32)
+    for name in ("chaotic", "bulk", "stable"):
+        assert rc.step_change[name] == pytest.approx(rc[name] - rc_short[name], abs=1e-6)
+    assert rc.to_dict()["step_change"] == rc.step_change
+
+
 def test_too_few_steps_warns(diag400):
     _, op = diag400
     with pytest.warns(mtj.ResolutionWarning, match="num_steps >= "):
