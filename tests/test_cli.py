@@ -29,6 +29,8 @@ def test_help_via_python_m():
         (["spectrum", "--backend", "gpu"], "invalid choice"),
         (["spectrum", "--optimizer", "lbfgs"], "invalid choice"),
         (["spectrum", "--hidden", "0"], "positive integer"),
+        (["spectrum", "--num-deflate", "-1"], "integer >= 0"),
+        (["spectrum", "--cache", "sometimes"], "invalid choice"),
         (["spectrum", "--quick", "--lo", "1.5"], "--lo"),
         (["study", "--quick", "--num-seeds", "1"], "--num-seeds"),
         ([], "required"),
@@ -103,6 +105,12 @@ def test_spectrum_matrix_free_quick_subprocess(tmp_path):
             str(tmp_path),
             "--num-top",
             "3",
+            "--num-deflate",
+            "5",
+            "--cache",
+            "off",
+            "--checkpoint",
+            "step",
         ],
         capture_output=True,
         text=True,
@@ -112,6 +120,10 @@ def test_spectrum_matrix_free_quick_subprocess(tmp_path):
     d = _check_spectrum_json(js, "matrix-free")
     assert d["stderr"]["bulk"] > 0 and d["num_products"] > 0
     assert "chaotic" in r.stdout and "SLQ" in r.stderr
+    assert "quadrature check" in r.stdout and "lanczos (largest) cycle 0" in r.stderr
+    assert d["products"] == {"cached": {"forward": False, "reverse": False}, "checkpoint": "step"}
+    assert d["settings"]["num_deflated"] <= 5 and set(d["settings"]["step_change"]) == set(
+        d["counts"])
 
 
 def test_study_dense_quick(tmp_path):
