@@ -118,6 +118,10 @@ class RegionCounts:
     count moved between ``num_steps // 2`` and ``num_steps`` Lanczos steps on the same probes
     (the quadratures are nested, so this costs nothing): a check on the quadrature bias, which
     the standard error does not see. If it is not small against the stderr, use more steps.
+    ``bounds`` (``"slq"``): ``{region: (lower, upper)}``, the means over probes of guaranteed
+    per-probe bounds on the quadrature (Chebyshev-Markov-Stieltjes, see
+    :meth:`SpectralDensity.per_probe_bounds`): the bias of too few Lanczos steps cannot move
+    the estimate outside them. :meth:`interval` widens them by the standard error.
     """
 
     chaotic: float
@@ -132,11 +136,25 @@ class RegionCounts:
     num_probes: int = 0
     num_steps: int = 0
     step_change: dict | None = None
+    bounds: dict | None = None
 
     def __getitem__(self, name: str) -> float:
         if name not in ("chaotic", "bulk", "stable"):
             raise KeyError(f"region must be 'chaotic', 'bulk' or 'stable', got {name!r}.")
         return getattr(self, name)
+
+    def interval(self, name: str, z: float = 2.0) -> tuple[float, float]:
+        """``(low, high)`` for region ``name`` accounting for both errors: the quadrature
+        ``bounds`` widened by ``z`` standard errors of the probe average (dense: the exact
+        count twice). With ``z = 2`` it covers the true count about 95% of the time or
+        more (the bounds are guaranteed; only the probe average is random)."""
+        c = self[name]
+        if self.method == "dense":
+            return float(c), float(c)
+        lower, upper = self.bounds[name] if self.bounds is not None else (c, c)
+        se = self.stderr[name]
+        se = 0.0 if not np.isfinite(se) else se
+        return float(max(lower - z * se, 0.0)), float(min(upper + z * se, self.dim))
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict."""
@@ -154,6 +172,8 @@ class RegionCounts:
             "num_steps": int(self.num_steps),
             "step_change": None if self.step_change is None else {
                 k: float(v) for k, v in self.step_change.items()},
+            "bounds": None if self.bounds is None else {
+                k: [float(v[0]), float(v[1])] for k, v in self.bounds.items()},
         }
 
 
@@ -217,30 +237,55 @@ class SpectralDensity:
         self, lo: float = -np.inf, hi: float = np.inf, *, closed: str = "both"
     ) -> np.ndarray:
         """``(num_probes,)`` estimates ``P * sum_i w_pi 1[lo <= sigma_pi <= hi]``."""
-        s = self.nodes
-        if closed == "both":
-            mask = (s >= lo) & (s <= hi)
-        elif closed == "left":
-            mask = (s >= lo) & (s < hi)
-        elif closed == "right":
-            mask = (s > lo) & (s <= hi)
-        elif closed == "neither":
-            mask = (s > lo) & (s < hi)
-        else:
-            raise ValueError(
-                f"closed must be 'both', 'left', 'right' or 'neither', got {closed!r}."
-            )
-        d = np.asarray(self.deflated)
-        if closed == "both":
-            exact = np.sum((d >= lo) & (d <= hi))
-        elif closed == "left":
-            exact = np.sum((d >= lo) & (d < hi))
-        elif closed == "right":
-            exact = np.sum((d > lo) & (d <= hi))
-        else:
-            exact = np.sum((d > lo) & (d < hi))
+        mask = _in_interval(self.nodes, lo, hi, closed)
+        exact = np.sum(_in_interval(np.asarray(self.deflated), lo, hi, closed))
         # the probes live in the complement of the deflated subspace (dimension P - c)
-        return (self.dim - d.size) * np.sum(self.weights * mask, axis=1) + exact
+        return (self.dim - np.size(self.deflated)) * np.sum(self.weights * mask, axis=1) + exact
+
+    def per_probe_cdf_bounds(self, x: float) -> tuple[np.ndarray, np.ndarray]:
+        r"""Guaranteed bounds on each probe's spectral distribution function at ``x``.
+
+        For probe :math:`q_p` let :math:`F_p(x) = \sum_j (v_j^T q_p)^2 1[\sigma_j \le x]`,
+        the quantity whose Gauss-quadrature estimate :meth:`per_probe_counts` averages. By the
+        Chebyshev-Markov-Stieltjes inequalities (the m-point Gauss rule puts at each of its
+        nodes the largest mass that any measure with the same first 2m moments can have), with
+        ascending nodes :math:`x_1 < \dots < x_m`, weights :math:`w_i` and
+        :math:`W_k = \sum_{i \le k} w_i`: :math:`F_p(x) \ge W_{j-1}` for the last node
+        :math:`x_j \le x` and :math:`F_p(x) \le W_i` for the first node :math:`x_i \ge x`;
+        both also hold for :math:`1[\sigma_j < x]`. The gap is the weight of the one or two
+        nodes next to ``x``, so it shrinks as more steps resolve ``x``. Exact in exact
+        arithmetic (the Lanczos here reorthogonalises fully). Returns ``(lower, upper)``, each
+        ``(num_probes,)``, as fractions of the probe's unit mass.
+        """
+        s = self.nodes
+        num = s.shape[0]
+        if x == np.inf:
+            return np.ones(num), np.ones(num)
+        if x == -np.inf:
+            return np.zeros(num), np.zeros(num)
+        W = np.concatenate([np.zeros((num, 1)), np.cumsum(self.weights, axis=1)], axis=1)
+        W = np.minimum(W / W[:, -1:], 1.0)
+        rows = np.arange(num)
+        n_le = np.sum(s <= x, axis=1)  # the last node <= x is number n_le (0: none)
+        n_lt = np.sum(s < x, axis=1)  # the first node >= x is number n_lt + 1
+        return (W[rows, np.maximum(n_le - 1, 0)], W[rows, np.minimum(n_lt + 1, s.shape[1])])
+
+    def per_probe_bounds(
+        self, lo: float = -np.inf, hi: float = np.inf, *, closed: str = "both"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Guaranteed ``(lower, upper)`` on each probe's count in the interval, scaled like
+        :meth:`per_probe_counts`: the quadrature's own error (from
+        :meth:`per_probe_cdf_bounds`), which the standard error does not see. The mean over
+        probes of the *exact* per-probe counts (the unbiased Hutchinson estimate, whose spread
+        the standard error measures) lies between the means of these bounds, and so does
+        the Gauss estimate."""
+        _in_interval(np.zeros(0), lo, hi, closed)  # validates ``closed``
+        hi_lower, hi_upper = self.per_probe_cdf_bounds(hi)
+        lo_lower, lo_upper = self.per_probe_cdf_bounds(lo)
+        exact = np.sum(_in_interval(np.asarray(self.deflated), lo, hi, closed))
+        n = self.dim - np.size(self.deflated)
+        return (n * np.clip(hi_lower - lo_upper, 0.0, 1.0) + exact,
+                n * np.clip(hi_upper - lo_lower, 0.0, 1.0) + exact)
 
     def _check_resolution(self, lo: float, hi: float) -> None:
         if np.isfinite(lo) and np.isfinite(hi) and hi - lo < self.resolution:
@@ -287,6 +332,18 @@ class SpectralDensity:
             zd = (x[..., None] - d) / h
             smooth = smooth + np.sum(np.exp(-0.5 * zd**2), axis=-1) / (h * math.sqrt(2 * math.pi))
         return smooth
+
+
+def _in_interval(x: np.ndarray, lo: float, hi: float, closed: str) -> np.ndarray:
+    if closed == "both":
+        return (x >= lo) & (x <= hi)
+    if closed == "left":
+        return (x >= lo) & (x < hi)
+    if closed == "right":
+        return (x > lo) & (x <= hi)
+    if closed == "neither":
+        return (x > lo) & (x < hi)
+    raise ValueError(f"closed must be 'both', 'left', 'right' or 'neither', got {closed!r}.")
 
 
 def _stderr(c: np.ndarray) -> float:

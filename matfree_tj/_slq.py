@@ -271,7 +271,9 @@ def region_counts(
     RegionCounts
         ``chaotic``, ``bulk``, ``stable``, ``stderr`` (``.bulk`` or ``["bulk"]``),
         ``num_products``, ``method``, ``step_change`` (change of each count from
-        ``num_steps // 2`` to ``num_steps`` steps: the quadrature's convergence), ``to_dict()``.
+        ``num_steps // 2`` to ``num_steps`` steps: the quadrature's convergence), ``bounds``
+        (guaranteed range of each count's probe average given the quadrature: its bias
+        cannot exceed them), ``interval(name)`` (bounds widened by 2 stderr), ``to_dict()``.
 
     Cost (slq): ``2 num_steps num_probes`` products.
 
@@ -312,10 +314,11 @@ def region_counts(
         raise ValueError(f"method must be 'slq' or 'dense', got {method!r}.")
     dens = singular_value_density(op, key=key, num_probes=num_probes, num_steps=num_steps, **opts)
     dens._check_resolution(lo, hi)
+    regions = (("chaotic", hi, np.inf, "neither"), ("bulk", lo, hi, "both"),
+               ("stable", -np.inf, lo, "neither"))
+
     def per_probe(d):
-        return (d.per_probe_counts(hi, np.inf, closed="neither"),
-                d.per_probe_counts(lo, hi, closed="both"),
-                d.per_probe_counts(-np.inf, lo, closed="neither"))
+        return tuple(d.per_probe_counts(a, b, closed=c) for _, a, b, c in regions)
 
     chaotic, bulk, stable = per_probe(dens)
     step_change = None
@@ -324,6 +327,10 @@ def region_counts(
         step_change = {name: float(np.mean(full) - np.mean(h)) for name, full, h in
                        zip(("chaotic", "bulk", "stable"), (chaotic, bulk, stable), halves,
                            strict=True)}
+    bounds = {}
+    for name, a, b, c in regions:
+        lower, upper = dens.per_probe_bounds(a, b, closed=c)
+        bounds[name] = (float(np.mean(lower)), float(np.mean(upper)))
     from ._results import _stderr
 
     return RegionCounts(
@@ -339,4 +346,5 @@ def region_counts(
         num_probes=dens.num_probes,
         num_steps=dens.num_steps,
         step_change=step_change,
+        bounds=bounds,
     )

@@ -172,6 +172,12 @@ class SpectrumSummary:
     """Region counts (with standard errors) and the top singular values of one operator.
 
     ``singular_values`` holds all ``P`` values with the dense backend and ``None`` otherwise.
+    ``settings`` (matrix-free) records how the counts were made and how far to trust them:
+    ``num_probes``, ``num_steps``, ``num_deflated``, ``sigma_rest`` (the largest value left to
+    the quadrature), ``top_products``, ``top_seconds``, ``step_change`` (each count's change
+    from half to all of the Lanczos steps) and ``quadrature_bounds`` (``{region: (lower,
+    upper)}``: the guaranteed range of each count's probe average whatever the quadrature's
+    bias; see :attr:`matfree_tj.RegionCounts.bounds`).
     """
 
     backend: str
@@ -184,7 +190,7 @@ class SpectrumSummary:
     singular_values: np.ndarray | None
     num_products: int
     seconds: float
-    settings: dict | None = None  # matrix-free: probes, steps, deflated triplets, sigma_{k+1}
+    settings: dict | None = None
 
     def to_dict(self, include_all_values: bool = False) -> dict:
         d = dict(
@@ -375,6 +381,7 @@ def spectrum_summary(
             top_products=int(top.num_products),
             top_seconds=t_top,
             step_change=rc.step_change,
+            quadrature_bounds=rc.bounds,
         ),
     )
 

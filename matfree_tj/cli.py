@@ -283,6 +283,11 @@ def _spectrum(args, parser) -> int:
         print(f"quadrature check, change of each count from {steps // 2} to {steps} Lanczos steps "
               "(should be small against the stderr; else use more --num-steps): "
               + ", ".join(f"{r} {sc[r]:+.1f}" for r in an.REGIONS))
+    qb = (summ.settings or {}).get("quadrature_bounds")
+    if qb:
+        print("quadrature bounds (guaranteed range of each count's probe average whatever the "
+              "steps; add 2 stderr for the probes): "
+              + ", ".join(f"{r} [{qb[r][0]:.0f}, {qb[r][1]:.0f}]" for r in an.REGIONS))
     print(f"operator products: {summ.num_products}; seconds: {seconds:.1f}")
 
     doc = summ.to_dict(include_all_values=True)  # dense: all P values; matrix-free: top only

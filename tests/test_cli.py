@@ -120,10 +120,13 @@ def test_spectrum_matrix_free_quick_subprocess(tmp_path):
     d = _check_spectrum_json(js, "matrix-free")
     assert d["stderr"]["bulk"] > 0 and d["num_products"] > 0
     assert "chaotic" in r.stdout and "SLQ" in r.stderr
+    assert "quadrature bounds" in r.stdout
     assert "quadrature check" in r.stdout and "lanczos (largest) cycle 0" in r.stderr
     assert d["products"] == {"cached": {"forward": False, "reverse": False}, "checkpoint": "step"}
     assert d["settings"]["num_deflated"] <= 5 and set(d["settings"]["step_change"]) == set(
         d["counts"])
+    for r, (lower, upper) in d["settings"]["quadrature_bounds"].items():
+        assert lower <= d["counts"][r] <= upper
 
 
 def test_study_dense_quick(tmp_path):

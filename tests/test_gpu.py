@@ -12,7 +12,8 @@ try:
 except RuntimeError:
     GPUS = []
 
-pytestmark = pytest.mark.skipif(not GPUS, reason="no GPU: these checks run only where CUDA is present")
+pytestmark = pytest.mark.skipif(
+    not GPUS, reason="no GPU: these checks run only where CUDA is present")
 
 
 def test_products_on_gpu_match_cpu():

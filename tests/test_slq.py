@@ -118,6 +118,72 @@ def test_half_step_quadrature_is_the_nested_truncation(diag400):
     assert rc.to_dict()["step_change"] == rc.step_change
 
 
+def test_quadrature_bounds_hold_per_probe(x64):
+    # Chebyshev-Markov-Stieltjes: each probe's exact spectral mass in a region lies within the
+    # bounds built from its Gauss rule, for any number of steps (a theorem: only rounding may
+    # violate it). A spectrum with values right at the region edges, so the bounds are tested
+    # where they are tight and where they are loose.
+    from matfree_tj._slq import _probes
+
+    rng = np.random.default_rng(11)
+    P = 400
+    s = np.concatenate([rng.uniform(0.0, 0.9, 100), rng.uniform(0.9, 1.1, 200),
+                        rng.uniform(1.1, 8.0, 100)])
+    Q1, _ = np.linalg.qr(rng.standard_normal((P, P)))
+    Q2, _ = np.linalg.qr(rng.standard_normal((P, P)))
+    op = DenseOperator((Q1 * s) @ Q2.T)
+    key = jax.random.key(4)
+    Z = np.asarray(_probes(key, 5, P, jnp.float64, "gaussian"))
+    mass = (Z @ Q2) ** 2  # probe p's weight on right singular vector j (rows sum to 1)
+    widths = []
+    for m in (6, 40, 160):
+        d = mtj.singular_value_density(op, key=key, num_probes=5, num_steps=m, probes="gaussian")
+        for lo, hi, closed in ((1.1, np.inf, "neither"), (0.9, 1.1, "both"),
+                               (-np.inf, 0.9, "neither"), (0.5, 2.0, "left")):
+            inside = (s >= lo) & (s <= hi) if closed == "both" else (s > lo) & (s < hi)
+            if closed == "left":
+                inside = (s >= lo) & (s < hi)
+            true = P * mass @ inside
+            lower, upper = d.per_probe_bounds(lo, hi, closed=closed)
+            assert np.all(lower <= true + 1e-8 * P) and np.all(true <= upper + 1e-8 * P), (
+                m, lo, hi, lower, true, upper)
+            est = d.per_probe_counts(lo, hi, closed=closed)
+            assert np.all((lower <= est + 1e-9 * P) & (est <= upper + 1e-9 * P))
+            if (lo, hi) == (0.9, 1.1):
+                widths.append(np.mean(upper - lower))
+    # the guarantee tightens once several nodes fall inside [0.9, 1.1] (node spacing
+    # ~ pi sigma_max / (2 m) = 0.08 at m = 160): measured 347 -> 17 of the 200 values
+    assert widths[2] < 0.2 * widths[0], widths
+    rc = mtj.region_counts(op, key=key, num_probes=5, num_steps=160, probes="gaussian")
+    for name in ("chaotic", "bulk", "stable"):
+        lower, upper = rc.bounds[name]
+        assert lower <= rc[name] <= upper
+        lo2, hi2 = rc.interval(name)
+        assert lo2 == pytest.approx(max(lower - 2 * rc.stderr[name], 0.0))
+        assert hi2 == pytest.approx(min(upper + 2 * rc.stderr[name], P))
+    assert rc.to_dict()["bounds"]["bulk"] == list(rc.bounds["bulk"])
+
+
+@pytest.mark.filterwarnings("ignore::matfree_tj.ResolutionWarning")  # m = 10 is unresolved
+def test_quadrature_bounds_with_deflation_contain_exact_count(x64):
+    # Diagonal operator, Rademacher probes: every probe's exact mass in a region is the
+    # region's count / P, so the averaged bounds must contain the exact count itself; the
+    # deflated values (counted exactly) shift both bounds by the same amount.
+    s = np.concatenate([np.linspace(0.01, 0.89, 90), np.linspace(0.9, 1.1, 200),
+                        np.linspace(1.11, 3.0, 100), np.linspace(6.0, 15.0, 10)])
+    op = DenseOperator(np.diag(s))
+    top = mtj.top_singular(op, 10, key=jax.random.key(2))
+    assert top.num_converged == 10
+    exact = exact_regions(s)
+    for m in (10, 30):
+        rc = mtj.region_counts(op, key=jax.random.key(3), num_probes=3, num_steps=m, deflate=top)
+        for name, true in exact.items():
+            lower, upper = rc.bounds[name]
+            assert lower - 1e-8 <= true <= upper + 1e-8, (m, name, lower, true, upper)
+    dense = mtj.region_counts(op, method="dense")
+    assert dense.bounds is None and dense.interval("bulk") == (200.0, 200.0)
+
+
 def test_too_few_steps_warns(diag400):
     _, op = diag400
     with pytest.warns(mtj.ResolutionWarning, match="num_steps >= "):
