@@ -72,6 +72,7 @@ import dataclasses
 import functools
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -242,6 +243,7 @@ def spectrum_summary(
     svd: DenseSVD | None = None,
     top_opts: Mapping | None = None,
     progress: Callable[[str], None] | None = None,
+    max_products: int | None = None,
 ) -> SpectrumSummary:
     r"""Singular values of ``J`` and the chaotic / bulk / stable counts with error bars.
 
@@ -277,6 +279,12 @@ def spectrum_summary(
     progress
         Optional callable receiving progress lines (each stage, its products and seconds,
         and an estimate of the SLQ stage's time from the rate measured in the first).
+    max_products
+        Matrix-free: a budget of operator products for the whole summary (``None``: no
+        budget). The top-k stage gets at most half of it; the SLQ stage fits in the rest by
+        taking fewer probes (down to 2), then fewer steps than the resolution rule asks for.
+        A budget-limited quadrature is flagged (``settings["budget_limited"]``, a warning)
+        and its bias shows in ``settings["quadrature_bounds"]``.
 
     Cost
     ----
@@ -331,6 +339,16 @@ def spectrum_summary(
     # The top values first: they are deflated from the quadrature, and the largest value left
     # (sigma_{k+1}) sets the resolution that num_steps must reach.
     t_opts = {"tol": 1e-6, **dict(top_opts or {})}
+    if max_products is not None:
+        max_products = int(max_products)
+        if max_products < 16 * max(int(num_top), num_deflate, 1):
+            raise ValueError(
+                f"max_products={max_products} is too small for the top "
+                f"{max(int(num_top), num_deflate)} triplets and a quadrature; allow at least "
+                f"{16 * max(int(num_top), num_deflate, 1)} (or lower num_deflate)."
+            )
+        t_opts["max_products"] = min(int(t_opts.get("max_products", max_products)),
+                                     max_products // 2)
     if progress is not None and t_opts.get("method", "lanczos") == "lanczos":
         t_opts.setdefault("progress", progress)
     k_first = max(int(num_top), num_deflate)
@@ -347,6 +365,19 @@ def spectrum_summary(
     }
     if num_steps is not None:
         opts["num_steps"] = int(num_steps)
+    budget_limited = False
+    if max_products is not None:
+        left = max_products - int(top.num_products)
+        if 2 * opts["num_probes"] * opts["num_steps"] > left:
+            budget_limited = True
+            opts["num_probes"] = max(2, min(opts["num_probes"], left // (2 * opts["num_steps"])))
+            opts["num_steps"] = max(2, min(opts["num_steps"], left // (2 * opts["num_probes"])))
+            warnings.warn(
+                f"spectrum_summary: max_products={max_products} leaves {left} products for "
+                f"the counts: {opts['num_probes']} probes x {opts['num_steps']} steps, fewer "
+                "than asked for; see settings['quadrature_bounds'] for the bias this allows.",
+                stacklevel=2,
+            )
     deflate = top if use_deflation else None
     n_slq = 2 * opts["num_probes"] * opts["num_steps"]
     per_product = t_top / max(int(top.num_products), 1)
@@ -382,6 +413,7 @@ def spectrum_summary(
             top_seconds=t_top,
             step_change=rc.step_change,
             quadrature_bounds=rc.bounds,
+            budget_limited=budget_limited,
         ),
     )
 

@@ -121,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the quadrature (default min(150, max(num_top, P // 32)); 0: plain SLQ)",
     )
     sp.add_argument(
+        "--max-products",
+        type=_positive_int,
+        default=None,
+        help="matrix-free: budget of operator products for the whole run (default none); "
+        "the counts then use fewer probes/steps if needed and say so",
+    )
+    sp.add_argument(
         "--cache",
         choices=("auto", "off"),
         default="auto",
@@ -259,6 +266,7 @@ def _spectrum(args, parser) -> int:
         num_steps=cfg.num_steps,
         num_deflate=args.num_deflate,
         progress=log,
+        max_products=args.max_products,
     )
     seconds = time.perf_counter() - t0
     log(f"done in {seconds:.1f}s")

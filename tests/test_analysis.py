@@ -76,6 +76,26 @@ def test_spectrum_summary_matrix_free_agrees_with_oracle(linreg):
     assert summ.num_products > 0 and summ.singular_values is None
 
 
+def test_spectrum_summary_product_budget(linreg):
+    lr, J = linreg
+    exact = an.counts_from_values(lr.singular_values)
+    with pytest.warns(UserWarning, match="max_products=200 leaves"):
+        summ = an.spectrum_summary(J, key=jax.random.key(2), num_top=2, num_deflate=2,
+                                   num_probes=16, num_steps=40, max_products=200)
+    st = summ.settings
+    assert st["budget_limited"] and summ.num_products <= 200
+    assert st["top_products"] <= 100 and st["num_probes"] * st["num_steps"] * 2 <= 200
+    for r in an.REGIONS:  # the guaranteed bounds hold for the budget-limited quadrature too
+        lower, upper = st["quadrature_bounds"][r]
+        assert lower <= summ.counts[r] <= upper
+        assert lower - 4 * summ.stderr[r] - 1.0 <= exact[r] <= upper + 4 * summ.stderr[r] + 1.0
+    roomy = an.spectrum_summary(J, key=jax.random.key(2), num_top=2, num_deflate=2,
+                                num_probes=4, num_steps=20, max_products=10_000)
+    assert not roomy.settings["budget_limited"] and roomy.settings["num_steps"] == 20
+    with pytest.raises(ValueError, match="max_products=20 is too small"):
+        an.spectrum_summary(J, key=jax.random.key(2), num_top=2, num_deflate=2, max_products=20)
+
+
 def test_auto_num_steps_resolves_the_bulk_interval():
     # node spacing pi sigma_max / (2 m) must fall below hi - lo
     m = an.auto_num_steps(15.0, 0.9, 1.1, 4810)
