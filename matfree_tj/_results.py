@@ -148,13 +148,10 @@ class RegionCounts:
         ``bounds`` widened by ``z`` standard errors of the probe average (dense: the exact
         count twice). With ``z = 2`` it covers the true count about 95% of the time or
         more (the bounds are guaranteed; only the probe average is random)."""
-        c = self[name]
         if self.method == "dense":
-            return float(c), float(c)
-        lower, upper = self.bounds[name] if self.bounds is not None else (c, c)
-        se = self.stderr[name]
-        se = 0.0 if not np.isfinite(se) else se
-        return float(max(lower - z * se, 0.0)), float(min(upper + z * se, self.dim))
+            return float(self[name]), float(self[name])
+        return count_interval(self[name], None if self.bounds is None else self.bounds[name],
+                              self.stderr[name], self.dim, z)
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict."""
@@ -332,6 +329,15 @@ class SpectralDensity:
             zd = (x[..., None] - d) / h
             smooth = smooth + np.sum(np.exp(-0.5 * zd**2), axis=-1) / (h * math.sqrt(2 * math.pi))
         return smooth
+
+
+def count_interval(count: float, bounds, stderr: float, dim: int,
+                   z: float = 2.0) -> tuple[float, float]:
+    """A count's range: its quadrature ``bounds`` (``(lower, upper)``; ``None``: the count
+    itself) widened by ``z`` standard errors, clipped to ``[0, dim]``."""
+    lower, upper = (count, count) if bounds is None else bounds
+    se = float(stderr) if np.isfinite(stderr) else 0.0
+    return float(max(lower - z * se, 0.0)), float(min(upper + z * se, dim))
 
 
 def _in_interval(x: np.ndarray, lo: float, hi: float, closed: str) -> np.ndarray:

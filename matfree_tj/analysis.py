@@ -92,6 +92,7 @@ from ._analysis_overlap import (
 )
 from ._dense import DenseSVD, dense_svd
 from ._operator import LinearOperator, add_identity
+from ._results import count_interval
 from ._train import make_train_fn
 
 __all__ = [
@@ -192,6 +193,15 @@ class SpectrumSummary:
     num_products: int
     seconds: float
     settings: dict | None = None
+
+    def interval(self, name: str, z: float = 2.0) -> tuple[float, float]:
+        """``(low, high)`` for a region's count: the quadrature bounds widened by ``z``
+        standard errors (:meth:`matfree_tj.RegionCounts.interval`); dense: the exact count."""
+        if name not in REGIONS:
+            raise KeyError(f"region must be one of {REGIONS}, got {name!r}.")
+        qb = (self.settings or {}).get("quadrature_bounds")
+        return count_interval(self.counts[name], None if qb is None else qb[name],
+                              self.stderr[name], self.num_params, z)
 
     def to_dict(self, include_all_values: bool = False) -> dict:
         d = dict(

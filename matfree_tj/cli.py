@@ -275,15 +275,18 @@ def _spectrum(args, parser) -> int:
         f"training Jacobian of the digits MLP (hidden={cfg.hidden}, {cfg.optimizer}, "
         f"seed={cfg.seed}): P = {P}, backend = {args.backend}"
     )
-    print(f"{'region':<8} | {'count':>10} | {'stderr':>8}")
-    print(f"{'-' * 8}-+-{'-' * 10}-+-{'-' * 8}")
-    bounds = {
+    print(f"{'region':<8} | {'count':>10} | {'stderr':>8} | {'range (bounds +- 2 stderr)':>26}")
+    print(f"{'-' * 8}-+-{'-' * 10}-+-{'-' * 8}-+-{'-' * 26}")
+    where = {
         "chaotic": f"> {args.hi:g}",
         "bulk": f"in [{args.lo:g}, {args.hi:g}]",
         "stable": f"< {args.lo:g}",
     }
     for r in an.REGIONS:
-        print(f"{r:<8} | {summ.counts[r]:>10.1f} | {summ.stderr[r]:>8.1f}   sigma {bounds[r]}")
+        low, high = summ.interval(r)
+        span = f"[{low:.0f}, {high:.0f}]"
+        print(f"{r:<8} | {summ.counts[r]:>10.1f} | {summ.stderr[r]:>8.1f} | {span:>26}"
+              f"   sigma {where[r]}")
     print("top singular values: " + ", ".join(f"{x:.4g}" for x in summ.top_singular_values))
     sc = (summ.settings or {}).get("step_change")
     if sc:

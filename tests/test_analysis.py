@@ -53,6 +53,7 @@ def test_spectrum_summary_dense_is_exact(linreg):
     assert summ.counts == an.counts_from_values(lr.singular_values)
     assert summ.counts == {"chaotic": 2, "bulk": 53, "stable": 5}
     assert all(v == 0.0 for v in summ.stderr.values())
+    assert summ.interval("bulk") == (53, 53)
     np.testing.assert_allclose(summ.top_singular_values, lr.singular_values[:3], rtol=1e-10)
     d = summ.to_dict()
     assert set(d) >= {"num_params", "backend", "counts", "stderr", "top_singular_values"}
@@ -89,6 +90,8 @@ def test_spectrum_summary_product_budget(linreg):
         lower, upper = st["quadrature_bounds"][r]
         assert lower <= summ.counts[r] <= upper
         assert lower - 4 * summ.stderr[r] - 1.0 <= exact[r] <= upper + 4 * summ.stderr[r] + 1.0
+        assert summ.interval(r) == pytest.approx(
+            (max(lower - 2 * summ.stderr[r], 0.0), min(upper + 2 * summ.stderr[r], 60)))
     roomy = an.spectrum_summary(J, key=jax.random.key(2), num_top=2, num_deflate=2,
                                 num_probes=4, num_steps=20, max_products=10_000)
     assert not roomy.settings["budget_limited"] and roomy.settings["num_steps"] == 20
