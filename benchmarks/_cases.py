@@ -275,8 +275,11 @@ def spectrum(model: dict, num_probes: int | None = None, num_steps: int | None =
                                                  num_probes=num_probes, num_steps=num_steps,
                                                  num_deflate=num_deflate, progress=lines.append)
     out.update(pm.as_dict())
+    st = summ.settings or {}
     run = {**summ.counts, "stderr": summ.stderr, "seconds": sw.seconds, "seed": seed,
-           "warnings": [str(x.message)[:300] for x in w]}
+           "warnings": [str(x.message)[:300] for x in w],
+           "bounds": st.get("quadrature_bounds"), "step_change": st.get("step_change"),
+           "num_deflated": st.get("num_deflated"), "num_steps": st.get("num_steps")}
     out.update({"runs": [run], "cold_s": sw.seconds, "num_products": int(summ.num_products),
                 "num_probes": num_probes or 10, "num_steps": num_steps or "auto",
                 "num_deflate": num_deflate if num_deflate is not None else "default",

@@ -172,6 +172,12 @@ def _slq_summary(sl: dict, d: dict, P: int, t_dense: float) -> dict:
                   for g in ("chaotic", "bulk", "stable")},
             "peak_rss": sl.get("rss_peak_above_start_bytes"),
             "num_deflate": sl.get("num_deflate"),
+            "bounds": r.get("bounds"),
+            # the dense count within the guaranteed quadrature bounds widened by 2 stderr?
+            "dense_in_range": None if not r.get("bounds") else {
+                g: bool(r["bounds"][g][0] - 2 * r["stderr"][g] <= dr[g]
+                        <= r["bounds"][g][1] + 2 * r["stderr"][g])
+                for g in ("chaotic", "bulk", "stable")},
         }
     return {"failed": f"{sl.get('status')}: {sl.get('why')}"}
 
@@ -204,7 +210,11 @@ def table(payload: dict) -> str:
             for g in ("chaotic", "bulk", "stable"):
                 rows.append({"region": g, "slq": sl["counts"][g], "stderr": sl["stderr"][g],
                              "dense": sl["dense"][g], "err": sl["abs_err_frac_P"][g] * 100,
-                             "se": sl["stderr_frac_P"][g] * 100, "z": sl["z"][g]})
+                             "se": sl["stderr_frac_P"][g] * 100, "z": sl["z"][g],
+                             "bounds": ("[{:.0f}, {:.0f}]".format(*sl["bounds"][g])
+                                        if sl.get("bounds") else None),
+                             "in_range": (sl["dense_in_range"][g]
+                                          if sl.get("dense_in_range") else None)})
             lines.append(f"\nRegion counts ({title}, {sl['num_probes']} probes x {sl['num_steps']} "
                          f"steps = {sl['products']} products, {C.fmt_s(sl['time_s'])}, "
                          f"{C.fmt_s(sl['per_product_s'])} per product; dense J + SVD "
@@ -212,7 +222,9 @@ def table(payload: dict) -> str:
             lines.append(C.markdown_table(rows, [
                 ("region", "region", "{}".format), ("slq", "SLQ", ".1f"), ("stderr", "stderr", ".1f"),
                 ("dense", "dense", "d"), ("err", "|error| (% of P)", ".2f"),
-                ("se", "stderr (% of P)", ".2f"), ("z", "error / stderr", "+.2f")]))
+                ("se", "stderr (% of P)", ".2f"), ("z", "error / stderr", "+.2f"),
+                ("bounds", "quadrature bounds", C.fmt),
+                ("in_range", "dense in bounds +- 2 stderr", C.fmt)]))
             lines.append(f"\nstderr <= 0.5% of P: {C.fmt(sl['meets_stderr'])}; time <= dense: "
                          f"{C.fmt(sl['meets_time'])}; within 1% of P of dense: "
                          f"{C.fmt(sl['meets_1pct'])}."
