@@ -163,7 +163,8 @@ def _slq_summary(sl: dict, d: dict, P: int, t_dense: float) -> dict:
             "stderr": r["stderr"], "dense": dr, "abs_err_frac_P": errs, "stderr_frac_P": se,
             "time_s": sl["cold_s"], "products": sl["num_products"],
             "per_product_s": sl["cold_s"] / sl["num_products"],
-            "num_probes": sl["num_probes"], "num_steps": sl["num_steps"],
+            "num_probes": sl["num_probes"], "num_steps": r.get("num_steps") or sl["num_steps"],
+            "num_deflated": r.get("num_deflated"),
             "warnings": r.get("warnings", []),
             "meets_stderr": max(se.values()) <= 0.005,
             "meets_time": sl["cold_s"] <= t_dense,
@@ -215,8 +216,11 @@ def table(payload: dict) -> str:
                                         if sl.get("bounds") else None),
                              "in_range": (sl["dense_in_range"][g]
                                           if sl.get("dense_in_range") else None)})
-            lines.append(f"\nRegion counts ({title}, {sl['num_probes']} probes x {sl['num_steps']} "
-                         f"steps = {sl['products']} products, {C.fmt_s(sl['time_s'])}, "
+            defl = (f"{sl['num_deflated']} triplets deflated, " if sl.get("num_deflated")
+                    else "")
+            lines.append(f"\nRegion counts ({title}, {defl}{sl['num_probes']} probes x "
+                         f"{sl['num_steps']} steps; {sl['products']} products in all, "
+                         f"{C.fmt_s(sl['time_s'])}, "
                          f"{C.fmt_s(sl['per_product_s'])} per product; dense J + SVD "
                          f"{C.fmt_s(s['dense_s'])}):\n")
             lines.append(C.markdown_table(rows, [
