@@ -35,7 +35,7 @@ FULL = dict(
     slq_steps=(10, 30, 90), slq_probes=32, slq_groups=(2, 4, 8, 16), bottom_k=5)
 QUICK = dict(
     models={"linear": dict(kind="linear", n=200, P=3000, num_steps=20, x64=True, chaotic=10),
-            "mlp": dict(kind="mlp", hidden=8, num_epochs=25)},
+            "mlp": dict(kind="mlp", hidden=8, num_epochs=4)},
     k=5, lanczos_budgets=(40, 100), lanczos_basis=20,
     power_iters=(0, 2), oversample=5,
     slq_steps=(10, 30), slq_probes=8, slq_groups=(2, 4), bottom_k=3)

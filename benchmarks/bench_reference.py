@@ -33,7 +33,7 @@ FULL = dict(model=dict(kind="mlp", hidden=64, num_epochs=25), k=50,
             lanczos={}, randomized={"oversample": 50, "power_iters": 3},
             slq=dict(num_probes=8, num_steps=200), svd_vectors=False,
             anchors=("arpack", "propack"), lanczos_warm=True, slq_deflated={})
-QUICK = dict(model=dict(kind="mlp", hidden=16, num_epochs=25), k=10,
+QUICK = dict(model=dict(kind="mlp", hidden=16, num_epochs=8), k=10,
              lanczos={}, randomized={"oversample": 20, "power_iters": 3},
              slq=dict(num_probes=8, num_steps=80), svd_vectors=False,
              anchors=("arpack",), lanczos_warm=False,

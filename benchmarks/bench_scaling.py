@@ -48,7 +48,7 @@ QUICK_P = dict(
     slq=dict(num_probes=4, num_steps=20), case_timeout=240, dense_budget=30, cols=8,
     combined=True)
 FULL_T = dict(hidden=64, epochs=(4, 16, 40, 160, 400), rss_epochs=(40, 400))
-QUICK_T = dict(hidden=64, epochs=(4, 40), rss_epochs=())
+QUICK_T = dict(hidden=64, epochs=(4, 16), rss_epochs=())
 
 
 def model_p(m: dict) -> int:
