@@ -51,6 +51,7 @@ def sweep(model: dict, k: int, lanczos_budgets, lanczos_basis: int, power_iters,
 
     from benchmarks import _cases as K
     import matfree_tj as mtj
+    from matfree_tj._results import region_spans
 
     J, out, truth = K._setup(model)
     P = out["P"]
@@ -135,8 +136,7 @@ def sweep(model: dict, k: int, lanczos_budgets, lanczos_basis: int, power_iters,
                 dens = mtj.singular_value_density(J, key=jax.random.key(1), num_probes=slq_probes,
                                                   num_steps=steps)
             dens._check_resolution(lo, hi) if hasattr(dens, "_check_resolution") else None
-        spans = {"chaotic": (hi, np.inf, "neither"), "bulk": (lo, hi, "both"),
-                 "stable": (-np.inf, lo, "neither")}
+        spans = {g: (a, b, c) for g, a, b, c in region_spans(lo, hi)}
         per = {g: dens.per_probe_counts(a, b, closed=c) for g, (a, b, c) in spans.items()}
         # the quadrature's guaranteed bounds per probe (Chebyshev-Markov-Stieltjes)
         bnd = {g: dens.per_probe_bounds(a, b, closed=c) for g, (a, b, c) in spans.items()}

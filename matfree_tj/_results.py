@@ -148,8 +148,6 @@ class RegionCounts:
         ``bounds`` widened by ``z`` standard errors of the probe average (dense: the exact
         count twice). With ``z = 2`` it covers the true count about 95% of the time or
         more (the bounds are guaranteed; only the probe average is random)."""
-        if self.method == "dense":
-            return float(self[name]), float(self[name])
         return count_interval(self[name], None if self.bounds is None else self.bounds[name],
                               self.stderr[name], self.dim, z)
 
@@ -235,9 +233,14 @@ class SpectralDensity:
     ) -> np.ndarray:
         """``(num_probes,)`` estimates ``P * sum_i w_pi 1[lo <= sigma_pi <= hi]``."""
         mask = _in_interval(self.nodes, lo, hi, closed)
-        exact = np.sum(_in_interval(np.asarray(self.deflated), lo, hi, closed))
-        # the probes live in the complement of the deflated subspace (dimension P - c)
-        return (self.dim - np.size(self.deflated)) * np.sum(self.weights * mask, axis=1) + exact
+        n, exact = self._split(lo, hi, closed)
+        return n * np.sum(self.weights * mask, axis=1) + exact
+
+    def _split(self, lo: float, hi: float, closed: str) -> tuple[int, int]:
+        """``(P - c, deflated values in the interval)``: the probes live in the complement of
+        the ``c`` deflated directions, which are counted exactly."""
+        d = np.asarray(self.deflated)
+        return self.dim - d.size, int(np.sum(_in_interval(d, lo, hi, closed)))
 
     def per_probe_cdf_bounds(self, x: float) -> tuple[np.ndarray, np.ndarray]:
         r"""Guaranteed bounds on each probe's spectral distribution function at ``x``.
@@ -276,11 +279,9 @@ class SpectralDensity:
         probes of the *exact* per-probe counts (the unbiased Hutchinson estimate, whose spread
         the standard error measures) lies between the means of these bounds, and so does
         the Gauss estimate."""
-        _in_interval(np.zeros(0), lo, hi, closed)  # validates ``closed``
+        n, exact = self._split(lo, hi, closed)
         hi_lower, hi_upper = self.per_probe_cdf_bounds(hi)
         lo_lower, lo_upper = self.per_probe_cdf_bounds(lo)
-        exact = np.sum(_in_interval(np.asarray(self.deflated), lo, hi, closed))
-        n = self.dim - np.size(self.deflated)
         return (n * np.clip(hi_lower - lo_upper, 0.0, 1.0) + exact,
                 n * np.clip(hi_upper - lo_lower, 0.0, 1.0) + exact)
 
@@ -329,6 +330,13 @@ class SpectralDensity:
             zd = (x[..., None] - d) / h
             smooth = smooth + np.sum(np.exp(-0.5 * zd**2), axis=-1) / (h * math.sqrt(2 * math.pi))
         return smooth
+
+
+def region_spans(lo: float, hi: float) -> tuple:
+    """``(name, a, b, closed)`` of the three regions: chaotic ``sigma > hi``, bulk
+    ``lo <= sigma <= hi``, stable ``sigma < lo`` (the arguments of ``per_probe_counts``)."""
+    return (("chaotic", hi, np.inf, "neither"), ("bulk", lo, hi, "both"),
+            ("stable", -np.inf, lo, "neither"))
 
 
 def count_interval(count: float, bounds, stderr: float, dim: int,

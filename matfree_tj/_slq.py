@@ -44,7 +44,7 @@ import numpy as np
 from ._dense import dense_svd
 from ._lanczos import check_int, check_key, check_operator, gkl_cycle, run_guarded
 from ._operator import LinearOperator
-from ._results import RegionCounts, RegionStderr, SpectralDensity
+from ._results import RegionCounts, RegionStderr, SpectralDensity, _stderr, region_spans
 
 __all__ = ["singular_value_density", "region_counts"]
 
@@ -314,8 +314,7 @@ def region_counts(
         raise ValueError(f"method must be 'slq' or 'dense', got {method!r}.")
     dens = singular_value_density(op, key=key, num_probes=num_probes, num_steps=num_steps, **opts)
     dens._check_resolution(lo, hi)
-    regions = (("chaotic", hi, np.inf, "neither"), ("bulk", lo, hi, "both"),
-               ("stable", -np.inf, lo, "neither"))
+    regions = region_spans(lo, hi)
 
     def per_probe(d):
         return tuple(d.per_probe_counts(a, b, closed=c) for _, a, b, c in regions)
@@ -331,7 +330,6 @@ def region_counts(
     for name, a, b, c in regions:
         lower, upper = dens.per_probe_bounds(a, b, closed=c)
         bounds[name] = (float(np.mean(lower)), float(np.mean(upper)))
-    from ._results import _stderr
 
     return RegionCounts(
         chaotic=float(np.mean(chaotic)),
