@@ -546,7 +546,12 @@ def _figures(results: dict, out: str) -> list[str]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - optional dependency
+    except ImportError:  # optional dependency: say so rather than write no figure silently
+        print(
+            "no figures written: matplotlib is not installed (pip install 'matfree-tj[plot]'); "
+            "study.json and summary.md are complete without it",
+            file=sys.stderr,
+        )
         return []
     paths = []
     P = results["num_params"]

@@ -325,6 +325,8 @@ def _plot_spectrum(summ, out: str) -> str | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        print("no figure: matplotlib is not installed (pip install 'matfree-tj[plot]'); "
+              "the table and JSON are complete without it", file=sys.stderr)
         return None
     import numpy as np
 
