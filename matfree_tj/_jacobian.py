@@ -137,9 +137,13 @@ def training_jacobian(
 ) -> TrainingJacobian:
     r"""The training Jacobian ``d train_fn(params0) / d params0`` as a linear operator.
 
-    Parameters are flattened once with ``ravel_pytree`` (array leaves only; non-array leaves
-    of e.g. equinox modules are held fixed). With mixed dtypes the flat vector takes the
-    promoted dtype; products are computed in that dtype.
+    Parameters are flattened once with ``ravel_pytree`` (array leaves only: non-array leaves,
+    such as the activation functions of equinox modules *and plain Python floats*, are held
+    fixed and are not part of ``J``; wrap a trainable scalar as ``jnp.asarray(x)``). With
+    mixed dtypes the flat vector, and so ``J.dtype``, take the promoted dtype, but each
+    leaf's tangent is computed in that leaf's own dtype: a float32 leaf limits the products
+    to float32 accuracy (set ``tol``/``atol`` of the solvers accordingly, or cast all leaves
+    to one dtype).
 
     Parameters
     ----------

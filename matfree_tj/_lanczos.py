@@ -45,6 +45,7 @@ symmetric eigenvalue problems", SIAM J. Matrix Anal. Appl. 22 (2000).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -54,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._operator import LinearOperator
+from ._operator import LinearOperator, Projected, Swapped
 from ._results import SingularTriplets
 
 __all__ = ["top_singular", "bottom_singular", "gkl_cycle", "gkl_block_cycle"]
@@ -389,8 +390,15 @@ def finalise(
 # --------------------------------------------------------------------------------------
 
 
+def _check_v0(v0, N, dtype):
+    v0 = jnp.asarray(v0)
+    if v0.shape != (N,):
+        raise ValueError(f"v0 must have shape ({N},), got {v0.shape}.")
+    return v0.astype(dtype)
+
+
 def _lanczos_svd(op, k, *, key, which, tol, atol, num_basis, keep, max_products, v0,
-                 block_size=1, progress=None):
+                 block_size=1, progress=None, stop_below=None):
     M, N = op.shape
     dtype = op.dtype
     r = min(M, N)
@@ -401,10 +409,7 @@ def _lanczos_svd(op, k, *, key, which, tol, atol, num_basis, keep, max_products,
     if v0 is None:
         v0 = jax.random.normal(k_start, (N,), dtype)
     else:
-        v0 = jnp.asarray(v0)
-        if v0.shape != (N,):
-            raise ValueError(f"v0 must have shape ({N},), got {v0.shape}.")
-        v0 = v0.astype(dtype)
+        v0 = _check_v0(v0, N, dtype)
     nv = float(jnp.linalg.norm(v0))
     if not (math.isfinite(nv) and nv > 0):
         raise ValueError("v0 must be a finite nonzero vector.")
@@ -457,6 +462,8 @@ def _lanczos_svd(op, k, *, key, which, tol, atol, num_basis, keep, max_products,
         if np.all(est <= 0.1 * (tol * S[order[:k]] + a)) or m >= r:
             status = "converged"
             break
+        if stop_below is not None and S[order[0]] + est[0] < stop_below:
+            break  # the caller only needs to know that the top value lies below stop_below
         step_cost = 2 * (m - keep)
         if num_products + step_cost + 2 * k > max_products:
             break
@@ -529,6 +536,7 @@ def top_singular(
     v0: jax.Array | None = None,
     block_size: int | None = None,
     progress: Callable[[str], None] | None = None,
+    verify: bool = True,
     **opts: Any,
 ) -> SingularTriplets:
     r"""The ``k`` largest singular triplets of ``op`` (descending).
@@ -580,6 +588,14 @@ def top_singular(
     progress
         Optional callable receiving one line per restart cycle (products so far, triplets
         estimated converged) -- for long runs. Lanczos only.
+    verify
+        Lanczos: after convergence, check that no singular value above ``s_k`` was missed
+        (a single-vector Krylov space holds one copy of a repeated value) by a short Lanczos
+        run on the operator with the found triplets deflated, and take in any value it
+        certifies above ``s_k`` (then check again). Costs one small run per round (typically
+        40-150 products, counted in ``num_products``); ``status="unverified"`` if the budget
+        runs out first. ``False`` skips it: every flagged value is then still a true singular
+        value, but not necessarily among the top ``k``.
 
     Returns
     -------
@@ -637,11 +653,23 @@ def top_singular(
         v0=v0,
         block_size=1 if block_size is None else block_size,
         progress=progress,
+        verify=bool(verify),
     )
 
 
 def _run(op, k, *, key, which, tol, atol, m, keep, max_products, v0, block_size=1,
-         progress=None):
+         progress=None, verify=False):
+    M, N = op.shape
+    if M < N:
+        # Wide: run on A^T (tall), whose right Krylov basis can become complete, and swap
+        # the vectors back (the residuals are symmetric in U and V).
+        if v0 is not None:
+            v0 = _check_v0(v0, N, op.dtype)
+            v0 = op.mv(v0)
+        res = _run(Swapped(op), k, key=key, which=which, tol=tol, atol=atol, m=m, keep=keep,
+                   max_products=max_products, v0=v0, block_size=block_size, progress=progress,
+                   verify=verify)
+        return dataclasses.replace(res, U=res.V, V=res.U)
     b = check_int("block_size", block_size, 1, max(1, min(op.shape) // 2), "min(shape) // 2")
     if b > 1:
         # whole blocks only: round the basis down to a multiple of b and leave room for the
@@ -670,10 +698,11 @@ def _run(op, k, *, key, which, tol, atol, m, keep, max_products, v0, block_size=
     max_products = check_int("max_products", max_products, 2 * m + 2 * k, 10**12)
     if atol is not None:
         atol = check_tol("atol", atol)
-    return _lanczos_svd(
+    k_run, k_check = jax.random.split(key)
+    res = _lanczos_svd(
         op,
         k,
-        key=key,
+        key=k_run,
         which=which,
         tol=tol,
         atol=atol,
@@ -684,6 +713,88 @@ def _run(op, k, *, key, which, tol, atol, m, keep, max_products, v0, block_size=
         block_size=b,
         progress=progress,
     )
+    if verify and which == "largest" and res.status == "converged" and k < min(op.shape):
+        res = _find_missed_top(op, res, key=k_check, tol=tol, atol=atol,
+                               max_products=max_products, progress=progress)
+    return res
+
+
+def _find_missed_top(op, res, *, key, tol, atol, max_products, progress):
+    r"""Look for singular values above ``s_k`` that the Krylov space missed, and take them in.
+
+    A single-vector Krylov space holds one direction per distinct singular value, so copies of
+    a repeated value (or values it reached too late) can be missing from a top-k whose every
+    residual is small: each flagged value is a true singular value, but not necessarily the
+    i-th. The check runs Lanczos for the largest triplet of the deflated operator
+    :math:`(I - U U^T) A (I - V V^T)` from a fresh random start; its singular values are the
+    ones not yet found. If that value is certified above ``s_k`` (residual intervals
+    disjoint), it joins the set, the smallest leaves, and the check repeats; otherwise the
+    top-k stands. Cost: one small Lanczos run per round (typically 40-150 products), all
+    counted in ``num_products``; if the budget runs out first, ``status`` says
+    ``"unverified"``.
+    """
+    M, N = op.shape
+    r = min(M, N)
+    dtype = op.dtype
+    s = np.asarray(res.s, np.float64)
+    U, V = np.asarray(res.U), np.asarray(res.V)
+    resid = np.asarray(res.residuals, np.float64)
+    used = int(res.num_products)
+    found_s, found_U, found_V = [s], [U], [V]
+    rounds = 0
+    status = "converged"
+    while True:
+        Ua, Va = np.concatenate(found_U, axis=1), np.concatenate(found_V, axis=1)
+        if Ua.shape[1] >= r - 1:
+            break
+        mb = min(r - Ua.shape[1], 20)
+        left = max_products - used
+        if left < 2 * mb + 2:
+            status = "unverified"
+            break
+        key, k_start = jax.random.split(key)
+        D = Projected(op, jnp.asarray(Ua, dtype), jnp.asarray(Va, dtype))
+        v0 = jax.random.normal(k_start, (N,), dtype)
+        kth = int(np.argmin(s))
+        margin_k = resid[kth] / math.sqrt(2)
+        sub = _lanczos_svd(D, 1, key=key, which="largest", tol=tol, atol=atol, num_basis=mb,
+                           keep=_default_keep(1, mb), max_products=left, v0=v0,
+                           stop_below=s[kth] - margin_k)
+        used += int(sub.num_products)
+        rounds += 1
+        s_new, r_new = float(sub.s[0]), float(sub.residuals[0]) / math.sqrt(2)
+        if s_new + r_new < s[kth] - margin_k:
+            break  # the largest value not yet found lies below s_k: the top-k stands
+        if s_new - r_new <= s[kth] + margin_k:
+            if bool(sub.converged[0]):
+                break  # a tie with s_k (a copy of the k-th value): the top-k stands
+            status = "unverified"
+            break
+        if not bool(sub.converged[0]):
+            status = "unverified"  # a larger value exists, but its triplet did not converge
+            break
+        if progress is not None:
+            progress(f"lanczos (largest): a value {s_new:.6g} above s_k = {s[kth]:.6g} was "
+                     "missed (a repeated value?); taking it in and checking again")
+        found_s.append(sub.s[:1])
+        found_U.append(np.asarray(sub.U)[:, :1])
+        found_V.append(np.asarray(sub.V)[:, :1])
+        # replace the smallest of the current top-k by the new value
+        s = s.copy()
+        U, V, resid = U.copy(), V.copy(), resid.copy()
+        s[kth], U[:, kth], V[:, kth] = s_new, sub.U[:, 0], sub.V[:, 0]
+        resid[kth] = float(sub.residuals[0])
+    order = np.argsort(-s)
+    if rounds and len(found_s) > 1:
+        out = finalise(op, U[:, order], V[:, order], s[order], tol=res.tol, atol_rel=100,
+                       anorm=float(np.max(s)), which="largest", method=res.method,
+                       num_products=used, status="converged", num_restarts=res.num_restarts,
+                       atol=res.atol)
+    else:
+        out = dataclasses.replace(res, num_products=used)
+    if status != "converged" and out.status == "converged":
+        out = dataclasses.replace(out, status=status)
+    return out
 
 
 def bottom_singular(

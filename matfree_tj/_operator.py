@@ -200,12 +200,16 @@ class LinearOperator(eqx.Module):
     def matmat(self, V: jax.Array) -> jax.Array:
         """``A V`` for ``V`` of shape ``(n, k)``: vmapped in chunks, sharded over ``mesh``."""
         V = _check_block(V, self.shape[1], self.dtype, "matmat")
+        if V.shape[1] == 0:
+            return jnp.zeros((self.shape[0], 0), self.dtype)
         Y = _compiled_block(self.mv_fn, self.chunk_size, self.mesh, V)(V)
         return _finite_or_raise(Y, "matmat") if self.check_finite else Y
 
     def rmatmat(self, U: jax.Array) -> jax.Array:
         """``A^T U`` for ``U`` of shape ``(m, k)``."""
         U = _check_block(U, self.shape[0], self.dtype, "rmatmat")
+        if U.shape[1] == 0:
+            return jnp.zeros((self.shape[1], 0), self.dtype)
         Y = _compiled_block(self.rmv_fn, self.chunk_size, self.mesh, U)(U)
         return _finite_or_raise(Y, "rmatmat") if self.check_finite else Y
 
@@ -254,6 +258,74 @@ class LinearOperator(eqx.Module):
             rmatmat=wrap(rmm),
             dtype=np.float64,
         )
+
+
+def _through_base(x):  # pragma: no cover - the wrappers below override every product
+    raise NotImplementedError("This operator computes its products through its base operator.")
+
+
+class Projected(LinearOperator):
+    r"""``(I - U_l U_l^T) A (I - V_r V_r^T)`` for orthonormal columns ``U_l`` ``(m, a)`` and
+    ``V_r`` ``(n, b)`` (either may have zero columns): ``A`` with known singular triplets
+    deflated. If ``A V_r = U_l S`` exactly, the other singular triplets of ``A`` are those of
+    this operator, and the deflated directions become zeros.
+
+    The bases are pytree leaves (not closed over), so a new deflation reuses the solvers'
+    compiled kernels. Products go through the base operator's methods (so it composes with any
+    subclass); one product of ``A`` each, plus ``O((a + b) n)`` flops.
+    """
+
+    base: LinearOperator
+    Ul: jax.Array
+    Vr: jax.Array
+
+    def __init__(self, base: LinearOperator, Ul: jax.Array | None, Vr: jax.Array | None):
+        super().__init__(_through_base, _through_base, base.shape, base.dtype,
+                         chunk_size=base.chunk_size, check_finite=base.check_finite)
+        m, n = base.shape
+        self.base = base
+        self.Ul = jnp.zeros((m, 0), base.dtype) if Ul is None else jnp.asarray(Ul, base.dtype)
+        self.Vr = jnp.zeros((n, 0), base.dtype) if Vr is None else jnp.asarray(Vr, base.dtype)
+
+    @staticmethod
+    def _off(B, x):
+        c = jnp.matmul(B.T, x, precision=jax.lax.Precision.HIGHEST)
+        return x - jnp.matmul(B, c, precision=jax.lax.Precision.HIGHEST)
+
+    def mv(self, v):
+        return self._off(self.Ul, self.base.mv(self._off(self.Vr, v)))
+
+    def rmv(self, u):
+        return self._off(self.Vr, self.base.rmv(self._off(self.Ul, u)))
+
+    def matmat(self, V):
+        return self._off(self.Ul, self.base.matmat(self._off(self.Vr, V)))
+
+    def rmatmat(self, U):
+        return self._off(self.Vr, self.base.rmatmat(self._off(self.Ul, U)))
+
+
+class Swapped(LinearOperator):
+    """``A^T`` through the base operator's methods (``mv`` is ``A.rmv``, and so on)."""
+
+    base: LinearOperator
+
+    def __init__(self, base: LinearOperator):
+        super().__init__(_through_base, _through_base, base.shape[::-1], base.dtype,
+                         chunk_size=base.chunk_size, check_finite=base.check_finite)
+        self.base = base
+
+    def mv(self, v):
+        return self.base.rmv(v)
+
+    def rmv(self, u):
+        return self.base.mv(u)
+
+    def matmat(self, V):
+        return self.base.rmatmat(V)
+
+    def rmatmat(self, U):
+        return self.base.matmat(U)
 
 
 def transpose(op: LinearOperator) -> LinearOperator:

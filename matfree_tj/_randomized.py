@@ -78,7 +78,7 @@ def randomized_svd(
     key: jax.Array | None = None,
     tol: float = 1e-10,
     atol: float | None = None,
-    oversample: int = 10,
+    oversample: int | None = None,
     power_iters: int = 2,
     adaptive: bool = False,
     block_size: int | None = None,
@@ -101,7 +101,8 @@ def randomized_svd(
         Residual tolerance for the convergence flags (``r_i <= tol s_i + atol``, ``r_i``
         recomputed from the operator) and, in adaptive mode, for stopping.
     oversample
-        Extra columns ``p`` (``l = k + p``; HMT recommend 5-10).
+        Extra columns ``p`` (``l = k + p``; HMT recommend 5-10). Default
+        ``min(10, min(M, N) - k)``.
     power_iters
         ``q`` power iterations; the error factor improves like
         :math:`(\sigma_{l+1}/\sigma_k)^{2q+1}`.
@@ -143,6 +144,8 @@ def randomized_svd(
     M, N = op.shape
     r = min(M, N)
     dtype = op.dtype
+    if oversample is None:
+        oversample = min(10, r - k)
     oversample = check_int("oversample", oversample, 0, r - k, "min(shape) - k")
     power_iters = check_int("power_iters", power_iters, 0, 100)
     if atol is not None:

@@ -61,8 +61,11 @@ class SingularTriplets(eqx.Module):
         Operator products used (``mv`` and ``rmv`` each count one; a block product of ``b``
         columns counts ``b``).
     status
-        ``"converged"`` (all ``k`` flags set), ``"max_products"`` (budget spent first),
-        ``"breakdown"`` (the Krylov space was exhausted) or ``"nonfinite"``.
+        ``"converged"`` (all ``k`` flags set, and for :func:`top_singular` with
+        ``verify=True`` no larger value found missing), ``"max_products"`` (budget spent
+        first), ``"unverified"`` (all flags set, but the budget ran out before the check for
+        missed larger values finished), ``"breakdown"`` (the Krylov space was exhausted) or
+        ``"nonfinite"``.
     method, which
         The algorithm and end of the spectrum (``"largest"`` or ``"smallest"``).
     """
@@ -122,6 +125,8 @@ class RegionCounts:
     per-probe bounds on the quadrature (Chebyshev-Markov-Stieltjes, see
     :meth:`SpectralDensity.per_probe_bounds`): the bias of too few Lanczos steps cannot move
     the estimate outside them. :meth:`interval` widens them by the standard error.
+    ``alignment`` (``"slq"``): ``{region: (mean cos(u_i, v_i), stderr)}`` over the singular
+    values of each region, from the same quadrature (:meth:`SpectralDensity.alignment`).
     """
 
     chaotic: float
@@ -137,6 +142,7 @@ class RegionCounts:
     num_steps: int = 0
     step_change: dict | None = None
     bounds: dict | None = None
+    alignment: dict | None = None
 
     def __getitem__(self, name: str) -> float:
         if name not in ("chaotic", "bulk", "stable"):
@@ -169,6 +175,8 @@ class RegionCounts:
                 k: float(v) for k, v in self.step_change.items()},
             "bounds": None if self.bounds is None else {
                 k: [float(v[0]), float(v[1])] for k, v in self.bounds.items()},
+            "alignment": None if self.alignment is None else {
+                k: [float(v[0]), float(v[1])] for k, v in self.alignment.items()},
         }
 
 
@@ -200,6 +208,12 @@ class SpectralDensity:
     half
         The same quadrature truncated to ``num_steps // 2`` steps (the leading block of each
         probe's projected matrix: Lanczos is nested), for the convergence check of counts.
+    cross_weights
+        ``(num_probes, num_steps)`` weights of the *alignment* quadrature (see
+        :meth:`alignment`): :math:`c_{pi} = (q_p^T \tilde u_{pi})(q_p^T \tilde v_{pi})` for
+        the left and right Ritz vectors of node :math:`i`; signed, and they do not sum to one.
+    deflated_cos
+        ``cos(u_i, v_i)`` of the deflated triplets (same order as ``deflated``).
     """
 
     nodes: np.ndarray
@@ -212,6 +226,8 @@ class SpectralDensity:
     probes: str = "rademacher"
     deflated: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     half: SpectralDensity | None = None
+    cross_weights: np.ndarray | None = None
+    deflated_cos: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
     @property
     def num_deflated(self) -> int:
@@ -286,6 +302,8 @@ class SpectralDensity:
                 n * np.clip(hi_upper - lo_lower, 0.0, 1.0) + exact)
 
     def _check_resolution(self, lo: float, hi: float) -> None:
+        if self.num_steps >= self.dim - self.num_deflated:
+            return  # a complete Krylov space: the quadrature is exact for any interval
         if np.isfinite(lo) and np.isfinite(hi) and hi - lo < self.resolution:
             needed = int(math.ceil(math.pi * self.sigma_max / (2.0 * (hi - lo))))
             warnings.warn(
@@ -311,6 +329,51 @@ class SpectralDensity:
         self._check_resolution(lo, hi)
         c = self.per_probe_counts(lo, hi, closed=closed)
         return float(np.mean(c)), _stderr(c)
+
+    def per_probe_alignment_sums(
+        self, lo: float = -np.inf, hi: float = np.inf, *, closed: str = "both"
+    ) -> np.ndarray:
+        r"""``(num_probes,)`` estimates of :math:`\sum_{lo \le \sigma_j \le hi} u_j^T v_j`.
+
+        Hutchinson on the non-symmetric matrix :math:`M = U g(\Sigma) V^T` (``g`` the
+        indicator of the interval): :math:`E[q^T M q] = \operatorname{tr} M / P =
+        \sum_j g(\sigma_j) u_j^T v_j / P` for probes with :math:`E[q q^T] = I / P`. Per probe
+        the Golub-Kahan relation :math:`A V_m = U_m R_m` gives
+        :math:`q^T M q \approx q^T U_m X g(S) Y^T e_1` for :math:`R_m = X S Y^T` (exact for
+        polynomial ``g`` of degree below ``m``, and for any ``g`` once the Krylov space is
+        complete): the same nodes as the counts, weighted by
+        :attr:`cross_weights`. Deflated triplets contribute their exact ``cos(u_i, v_i)``.
+        """
+        if self.cross_weights is None:
+            raise ValueError("This SpectralDensity carries no alignment weights.")
+        mask = _in_interval(self.nodes, lo, hi, closed)
+        n, _ = self._split(lo, hi, closed)
+        d = np.asarray(self.deflated)
+        exact = float(np.sum(np.asarray(self.deflated_cos)[_in_interval(d, lo, hi, closed)]))
+        return n * np.sum(self.cross_weights * mask, axis=1) + exact
+
+    def alignment(
+        self, lo: float = -np.inf, hi: float = np.inf, *, closed: str = "both"
+    ) -> tuple[float, float]:
+        r"""Mean ``cos(u_j, v_j)`` over the singular values in ``[lo, hi]``, and its standard
+        error, from the same Lanczos runs as the counts (no extra products).
+
+        The ratio of the probe means of :meth:`per_probe_alignment_sums` and
+        :meth:`per_probe_counts`; the standard error is the jackknife over probes (``nan``
+        with one probe). This is the paper's "left and right singular vectors of the bulk
+        nearly coincide" (Belrose & Scherlis 2024, Fig. 2) measured without singular vectors:
+        ``1`` when :math:`u_j = v_j` for every value in the interval, about ``0`` for
+        unrelated ones (the estimate is clipped to ``[-1, 1]``). The quadrature resolves
+        ``[lo, hi]`` as well as it does for the counts (see :attr:`resolution` and
+        ``step_change``); ``nan`` if the interval holds no mass.
+        """
+        if not lo <= hi:
+            raise ValueError(f"Expected lo <= hi, got lo={lo}, hi={hi}.")
+        sums = self.per_probe_alignment_sums(lo, hi, closed=closed)
+        counts = self.per_probe_counts(lo, hi, closed=closed)
+        mean, se = ratio_with_jackknife(sums, counts)
+        # a mean cosine lies in [-1, 1]; the ratio estimate can stray by its error
+        return (float(np.clip(mean, -1.0, 1.0)) if np.isfinite(mean) else mean), se
 
     def density(self, grid: Any, *, bandwidth: float | None = None) -> np.ndarray:
         r"""Smoothed density of singular values on ``grid``, integrating to ``P``.
@@ -358,6 +421,25 @@ def _in_interval(x: np.ndarray, lo: float, hi: float, closed: str) -> np.ndarray
     if closed == "neither":
         return (x > lo) & (x < hi)
     raise ValueError(f"closed must be 'both', 'left', 'right' or 'neither', got {closed!r}.")
+
+
+def ratio_with_jackknife(num: np.ndarray, den: np.ndarray) -> tuple[float, float]:
+    """``(sum(num) / sum(den), jackknife standard error over the entries)``; ``nan`` where
+    the denominator vanishes (or, for the error, with fewer than two entries)."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    total = float(np.sum(den))
+    if not abs(total) > 0:
+        return float("nan"), float("nan")
+    ratio = float(np.sum(num)) / total
+    n = num.size
+    if n < 2:
+        return ratio, float("nan")
+    loo_den = total - den
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loo = (float(np.sum(num)) - num) / loo_den
+    if not np.all(np.isfinite(loo)):
+        return ratio, float("nan")
+    return ratio, float(math.sqrt((n - 1) / n * np.sum((loo - loo.mean()) ** 2)))
 
 
 def _stderr(c: np.ndarray) -> float:

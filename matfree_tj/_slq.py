@@ -43,7 +43,7 @@ import numpy as np
 
 from ._dense import dense_svd
 from ._lanczos import check_int, check_key, check_operator, gkl_cycle, run_guarded
-from ._operator import LinearOperator
+from ._operator import LinearOperator, Projected
 from ._results import RegionCounts, RegionStderr, SpectralDensity, _stderr, region_spans
 
 __all__ = ["singular_value_density", "region_counts"]
@@ -52,44 +52,11 @@ __all__ = ["singular_value_density", "region_counts"]
 _HI = jax.lax.Precision.HIGHEST
 
 
-def _products_from_base(x):  # pragma: no cover - _Deflated overrides every product
-    raise NotImplementedError("_Deflated computes its products through its base operator.")
-
-
-class _Deflated(LinearOperator):
-    r"""``A (I - V_c V_c^T)``: ``A`` with the converged right singular vectors ``V_c`` removed.
-
-    ``V_c`` is a pytree leaf (not closed over), so new deflations reuse compiled kernels.
-    """
-
-    base: LinearOperator
-    Vc: jax.Array
-
-    def __init__(self, base: LinearOperator, Vc: jax.Array):
-        super().__init__(_products_from_base, _products_from_base, base.shape, base.dtype,
-                         chunk_size=base.chunk_size, check_finite=base.check_finite)
-        self.base = base
-        self.Vc = Vc
-
-    def _off(self, x):
-        return x - jnp.matmul(self.Vc, jnp.matmul(self.Vc.T, x, precision=_HI), precision=_HI)
-
-    def mv(self, v):
-        return self.base.mv(self._off(v))
-
-    def rmv(self, u):
-        return self._off(self.base.rmv(u))
-
-    def matmat(self, V):
-        return self.base.matmat(self._off(V))
-
-    def rmatmat(self, U):
-        return self._off(self.base.rmatmat(U))
-
-
 @eqx.filter_jit
 def _slq_batch(op: LinearOperator, Z, keys, num_steps: int, batch_size: int):
-    """Projected matrices ``R`` (``(num_probes, m, m)``) for unit probes ``Z`` (rows)."""
+    """For unit probes ``Z`` (rows): projected matrices ``R`` (``(num_probes, m, m)``), the
+    probes' coordinates in the left Krylov bases ``U_m z`` (``(num_probes, m)``, for the
+    alignment quadrature) and a finite flag per probe."""
     P = op.shape[1]
     m = num_steps
     dtype = op.dtype
@@ -99,8 +66,8 @@ def _slq_batch(op: LinearOperator, Z, keys, num_steps: int, batch_size: int):
         Ut = jnp.zeros((m, op.shape[0]), dtype)
         Vt = jnp.zeros((m + 1, P), dtype).at[0].set(z)
         R = jnp.zeros((m, m), dtype)
-        _, _, R, _, finite, _ = gkl_cycle(op, Ut, Vt, R, 0, key, False)
-        return R, finite
+        Ut, _, R, _, finite, _ = gkl_cycle(op, Ut, Vt, R, 0, key, False)
+        return R, jnp.matmul(Ut, z, precision=_HI), finite
 
     return jax.lax.map(one, (Z, keys), batch_size=batch_size)
 
@@ -185,6 +152,7 @@ def singular_value_density(
     probe_batch = check_int("probe_batch", probe_batch, 1, num_probes, "num_probes")
     Z = _probes(key, num_probes, P, op.dtype, probes)
     deflated = np.zeros(0)
+    deflated_cos = np.zeros(0)
     if deflate is not None:
         if not all(hasattr(deflate, a) for a in ("V", "s", "converged")):
             raise TypeError("deflate must be a SingularTriplets (from top_singular).")
@@ -196,36 +164,46 @@ def singular_value_density(
         if conv.any():
             Vc = jnp.asarray(np.asarray(deflate.V)[:, conv], op.dtype)
             deflated = np.asarray(deflate.s, dtype=np.float64)[conv]
-            op = _Deflated(op, Vc)
+            U_c = np.asarray(deflate.U, dtype=np.float64)[:, conv]
+            V_c = np.asarray(Vc, dtype=np.float64)
+            deflated_cos = np.sum(U_c * V_c, axis=0) / (
+                np.linalg.norm(U_c, axis=0) * np.linalg.norm(V_c, axis=0))
+            op = Projected(op, None, Vc)
             for _ in range(2):  # probes in the complement of span(Vc)
                 Z = Z - jnp.matmul(jnp.matmul(Z, Vc, precision=_HI), Vc.T, precision=_HI)
             Z = Z / jnp.linalg.norm(Z, axis=1, keepdims=True)
     keys = jnp.arange(num_probes, dtype=op.dtype)  # seeds of unused breakdown directions
-    R, finite = run_guarded(_slq_batch, op, Z, keys, num_steps, probe_batch)
+    R, Uz, finite = run_guarded(_slq_batch, op, Z, keys, num_steps, probe_batch)
     if not bool(jnp.all(finite)):
         raise FloatingPointError(
             "singular_value_density: a Lanczos step produced NaN or inf (non-finite products)."
         )
     R = np.asarray(R, dtype=np.float64)
+    Uz = np.asarray(Uz, dtype=np.float64)
 
     def quadrature(m: int, half=None) -> SpectralDensity:
         # the first m steps' projected matrix is the leading m x m block (nested Krylov spaces)
         nodes = np.empty((num_probes, m))
         weights = np.empty((num_probes, m))
+        cross = np.empty((num_probes, m))
         for p in range(num_probes):
-            _, S, Yt = np.linalg.svd(R[p, :m, :m])
+            X, S, Yt = np.linalg.svd(R[p, :m, :m])
             nodes[p] = S[::-1]
-            weights[p] = (Yt[::-1, 0]) ** 2  # first components of the right singular vectors
-        weights /= weights.sum(axis=1, keepdims=True)  # exact in theory; remove rounding drift
+            y1 = Yt[::-1, 0]  # first components of the right singular vectors of R
+            weights[p] = y1**2
+            # z^T (U_m x_j) (V_m y_j)^T z: the probe's weight on the pair of Ritz vectors
+            cross[p] = (Uz[p, :m] @ X)[::-1] * y1
+        total = weights.sum(axis=1, keepdims=True)  # one in theory; remove rounding drift
         return SpectralDensity(
             nodes=nodes,
-            weights=weights,
+            weights=weights / total,
             dim=P,
             num_products=2 * m * num_probes,
             num_steps=m,
             num_probes=num_probes,
             sigma_max=float(nodes.max()),
             probes=probes, deflated=deflated, half=half,
+            cross_weights=cross / total, deflated_cos=deflated_cos,
         )
 
     half = quadrature(num_steps // 2) if num_steps >= 4 else None
@@ -273,7 +251,9 @@ def region_counts(
         ``num_products``, ``method``, ``step_change`` (change of each count from
         ``num_steps // 2`` to ``num_steps`` steps: the quadrature's convergence), ``bounds``
         (guaranteed range of each count's probe average given the quadrature: its bias
-        cannot exceed them), ``interval(name)`` (bounds widened by 2 stderr), ``to_dict()``.
+        cannot exceed them), ``interval(name)`` (bounds widened by 2 stderr), ``alignment``
+        (mean ``cos(u_i, v_i)`` per region with its stderr, from the same quadrature; dense:
+        ``None``), ``to_dict()``.
 
     Cost (slq): ``2 num_steps num_probes`` products.
 
@@ -326,10 +306,11 @@ def region_counts(
         step_change = {name: float(np.mean(full) - np.mean(h)) for name, full, h in
                        zip(("chaotic", "bulk", "stable"), (chaotic, bulk, stable), halves,
                            strict=True)}
-    bounds = {}
+    bounds, alignment = {}, {}
     for name, a, b, c in regions:
         lower, upper = dens.per_probe_bounds(a, b, closed=c)
         bounds[name] = (float(np.mean(lower)), float(np.mean(upper)))
+        alignment[name] = dens.alignment(a, b, closed=c)
 
     return RegionCounts(
         chaotic=float(np.mean(chaotic)),
@@ -345,4 +326,5 @@ def region_counts(
         num_steps=dens.num_steps,
         step_change=step_change,
         bounds=bounds,
+        alignment=alignment,
     )

@@ -147,10 +147,20 @@ class TrainFn:
         opt_state = self.optimizer.init(arrays)
         loss_fn, optimizer = self.loss_fn, self.optimizer
 
+        extra_args = isinstance(optimizer, optax.GradientTransformationExtraArgs)
+
         def step(carry, batch):
             p, s = carry
-            grads = jax.grad(lambda a: loss_fn(eqx.combine(a, static), batch))(p)
-            updates, s = optimizer.update(grads, s, p)
+            value_fn = lambda a: loss_fn(eqx.combine(a, static), batch)  # noqa: E731
+            if extra_args:
+                # optax's extra-arguments protocol (polyak_sgd, lbfgs, chains of them):
+                # transforms take what they need and ignore the rest.
+                value, grads = jax.value_and_grad(value_fn)(p)
+                updates, s = optimizer.update(grads, s, p, value=value, grad=grads,
+                                              value_fn=value_fn)
+            else:
+                grads = jax.grad(value_fn)(p)
+                updates, s = optimizer.update(grads, s, p)
             return (optax.apply_updates(p, updates), s), None
 
         if isinstance(self.batches, FullBatch):
@@ -204,7 +214,12 @@ def make_train_fn(
         module); non-array leaves are held fixed and not trained.
     optimizer
         Any ``optax.GradientTransformation``. Its state is initialised from ``params0`` inside
-        the run, so it is part of the differentiated function. For Adam-type optimizers use
+        the run, so it is part of the differentiated function. Transforms that take extra
+        update arguments (``optax.GradientTransformationExtraArgs``, e.g. ``polyak_sgd``)
+        receive ``value`` (the batch loss), ``grad`` and ``value_fn`` (the batch loss as a
+        function of the parameters). Line searches built on ``lax.while_loop`` (e.g.
+        ``optax.lbfgs``) have no reverse-mode derivative: :func:`training_jacobian` then says
+        so. For Adam-type optimizers use
         ``eps_root > 0`` (e.g. ``optax.adam(lr, eps_root=1e-8)``): with ``eps_root == 0`` the
         derivative of ``sqrt(nu)`` is infinite where ``nu == 0`` and the Jacobian is NaN (a
         warning is issued when this can be detected).

@@ -107,6 +107,7 @@ __all__ = [
     "singular_triplets",
     "moved_directions",
     "alignment",
+    "alignment_by_region",
     "alignment_summary",
     "bulk_alignment_probe",
     "random_bulk_basis",
@@ -177,9 +178,12 @@ class SpectrumSummary:
     ``settings`` (matrix-free) records how the counts were made and how far to trust them:
     ``num_probes``, ``num_steps``, ``num_deflated``, ``sigma_rest`` (the largest value left to
     the quadrature), ``top_products``, ``top_seconds``, ``step_change`` (each count's change
-    from half to all of the Lanczos steps) and ``quadrature_bounds`` (``{region: (lower,
+    from half to all of the Lanczos steps), ``quadrature_bounds`` (``{region: (lower,
     upper)}``: the guaranteed range of each count's probe average whatever the quadrature's
-    bias; see :attr:`matfree_tj.RegionCounts.bounds`).
+    bias; see :attr:`matfree_tj.RegionCounts.bounds`) and ``alignment`` (``{region: (mean
+    cos(u_i, v_i), stderr)}`` from the same quadrature, no extra products; see
+    :meth:`matfree_tj.SpectralDensity.alignment`). Dense, with singular vectors: ``settings``
+    holds the exact ``alignment`` (stderr 0).
     """
 
     backend: str
@@ -231,12 +235,30 @@ def counts_from_values(s: Any, lo: float = 0.9, hi: float = 1.1) -> dict:
     >>> counts_from_values([20.0, 1.0, 1.01, 1e-9])
     {'chaotic': 1, 'bulk': 2, 'stable': 1}
     """
+    return {r: int(np.sum(m)) for r, m in _region_masks(s, lo, hi).items()}
+
+
+def _region_masks(s: Any, lo: float, hi: float) -> dict:
+    """``{region: boolean mask over s}``: chaotic ``s > hi``, bulk ``lo <= s <= hi``, stable
+    ``s < lo`` (the exact counterpart of :func:`matfree_tj._results.region_spans`)."""
     s = np.asarray(s)
-    return {
-        "chaotic": int(np.sum(s > hi)),
-        "bulk": int(np.sum((s >= lo) & (s <= hi))),
-        "stable": int(np.sum(s < lo)),
-    }
+    return {"chaotic": s > hi, "bulk": (s >= lo) & (s <= hi), "stable": s < lo}
+
+
+def alignment_by_region(s: Any, cos: Any, lo: float = 0.9, hi: float = 1.1) -> dict:
+    """Exact mean ``cos(u_i, v_i)`` per region from all singular values ``s`` and their
+    cosines ``cos``: ``{region: (mean, 0.0)}`` (``nan`` for an empty region), the dense
+    counterpart of :attr:`matfree_tj.RegionCounts.alignment`.
+
+    Examples
+    --------
+    >>> from matfree_tj.analysis import alignment_by_region
+    >>> alignment_by_region([3.0, 1.0, 1.0, 0.1], [0.5, 1.0, 0.9, 0.0])["bulk"]
+    (0.95, 0.0)
+    """
+    cos = np.asarray(cos, dtype=np.float64)
+    return {r: (float(np.mean(cos[m])) if m.any() else float("nan"), 0.0)
+            for r, m in _region_masks(s, lo, hi).items()}
 
 
 def spectrum_summary(
@@ -328,6 +350,10 @@ def spectrum_summary(
         s = _np(svd.s)
         counts = counts_from_values(s, lo, hi)
         stderr = dict.fromkeys(REGIONS, 0.0)
+        settings = None
+        if svd.U is not None and svd.V is not None:
+            cos = np.sum(_np(svd.U) * _np(svd.V), axis=0)
+            settings = {"alignment": alignment_by_region(s, cos, lo, hi)}
         return SpectrumSummary(
             "dense",
             P,
@@ -339,6 +365,7 @@ def spectrum_summary(
             s,
             0 if given else P,
             time.perf_counter() - t0,
+            settings=settings,
         )
     k_rc, k_top = jax.random.split(key)
     if num_deflate is None:
@@ -423,6 +450,7 @@ def spectrum_summary(
             top_seconds=t_top,
             step_change=rc.step_change,
             quadrature_bounds=rc.bounds,
+            alignment=rc.alignment,
             budget_limited=budget_limited,
         ),
     )
@@ -791,13 +819,15 @@ def output_sensitivity(
     *,
     scale: float = 1.0,
     unravel: Callable | None = None,
+    divergence: str = "auto",
 ) -> dict:
     r"""Max over examples of ``KL(p(. | x; theta) || p(. | x; theta + scale d))`` per direction.
 
     Parameters
     ----------
     apply
-        ``apply(params_pytree, X) -> logits``.
+        ``apply(params_pytree, X) -> outputs``: class logits ``(N, C)`` or regression outputs
+        ``(N,)`` / ``(N, d)``.
     params
         Final parameters: a flat ``(P,)`` vector with ``unravel``, or a
         :class:`~matfree_tj.TrainingJacobian` (its ``params_T_flat`` and ``unravel``).
@@ -805,6 +835,13 @@ def output_sensitivity(
         ``(P, m)`` directions (normalised here), e.g. right singular vectors across the spectrum.
     inputs
         Name -> inputs, e.g. :func:`ood_inputs`.
+    divergence
+        ``"softmax"``: KL between the softmax distributions of the logits (classifiers, the
+        paper's measure); ``"gaussian"``: KL between unit-variance Gaussians centred on the
+        outputs, :math:`\|f(x; \theta) - f(x; \theta')\|^2 / 2` (regression);
+        ``"auto"`` (default): ``"softmax"`` for outputs ``(N, C)`` with ``C >= 2``,
+        ``"gaussian"`` for ``(N,)`` or ``(N, 1)``. Pass it explicitly for multi-output
+        regression.
 
     Returns ``{name: (m,) array}``. Cost: ``m + 1`` forward passes per input set, no training.
     """
@@ -813,7 +850,22 @@ def output_sensitivity(
     theta = jnp.asarray(params)
     D = _np(directions)
     D = jnp.asarray(D / np.linalg.norm(D, axis=0, keepdims=True), theta.dtype)
-    fn = _max_kl_fn(apply, unravel)
+    if divergence not in ("auto", "softmax", "gaussian"):
+        raise ValueError(
+            f"divergence must be 'auto', 'softmax' or 'gaussian', got {divergence!r}.")
+    if divergence == "auto":
+        X0 = jnp.asarray(next(iter(inputs.values())), theta.dtype)
+        out = jax.eval_shape(lambda th: apply(unravel(th), X0), theta)
+        if out.ndim == 2 and out.shape[-1] >= 2:
+            divergence = "softmax"
+        elif out.ndim == 1 or (out.ndim == 2 and out.shape[-1] == 1):
+            divergence = "gaussian"
+        else:
+            raise ValueError(
+                f"output_sensitivity: apply returned shape {out.shape}; expected class logits "
+                "(N, C) or regression outputs (N,) / (N, 1). Pass divergence='softmax' or "
+                "'gaussian' explicitly.")
+    fn = _max_kl_fn(apply, unravel, divergence)
     scale = jnp.asarray(scale, theta.dtype)
     return {
         name: _np(fn(theta, D, jnp.asarray(X, theta.dtype), scale)) for name, X in inputs.items()
@@ -821,15 +873,22 @@ def output_sensitivity(
 
 
 @functools.lru_cache(maxsize=32)
-def _max_kl_fn(apply: Callable, unravel: Callable) -> Callable:
+def _max_kl_fn(apply: Callable, unravel: Callable, divergence: str) -> Callable:
     # One compiled function per (model, parameter layout), reused across calls and input sets.
+    def per_example(out0, out1):
+        if divergence == "softmax":
+            logp0 = jax.nn.log_softmax(out0, axis=-1)
+            logp1 = jax.nn.log_softmax(out1, axis=-1)
+            return jnp.sum(jnp.exp(logp0) * (logp0 - logp1), axis=-1)
+        diff = (out0 - out1).reshape(out0.shape[0], -1)
+        return 0.5 * jnp.sum(diff**2, axis=-1)
+
     @jax.jit
     def fn(theta, D, X, scale):
-        logp0 = jax.nn.log_softmax(apply(unravel(theta), X), axis=-1)
+        out0 = apply(unravel(theta), X)
 
         def max_kl(d):
-            logp = jax.nn.log_softmax(apply(unravel(theta + scale * d), X), axis=-1)
-            return jnp.max(jnp.sum(jnp.exp(logp0) * (logp0 - logp), axis=-1))
+            return jnp.max(per_example(out0, apply(unravel(theta + scale * d), X)))
 
         return jax.lax.map(max_kl, D.T)
 

@@ -50,7 +50,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         default="sgd",
         help="sgd: momentum 0.9, cosine from 0.1 (reference); adam: cosine from 3e-3",
     )
-    p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0,
+                   help="initialisation seed (default 0)")
     p.add_argument(
         "--dtype",
         choices=("float32", "float64"),
@@ -67,7 +68,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--num-steps",
-        type=_positive_int,
+        type=_int_at_least(2, "an integer >= 2"),
         default=None,
         help="Lanczos steps per probe (default: enough to resolve [lo, hi] given sigma_1, "
         "at least 80; 20 with --quick)",
@@ -299,6 +300,11 @@ def _spectrum(args, parser) -> int:
         print("quadrature bounds (guaranteed range of each count's probe average whatever the "
               "steps; add 2 stderr for the probes): "
               + ", ".join(f"{r} [{qb[r][0]:.0f}, {qb[r][1]:.0f}]" for r in an.REGIONS))
+    al = (summ.settings or {}).get("alignment")
+    if al:
+        print("alignment, mean cos(u_i, v_i) of left and right singular vectors per region: "
+              + ", ".join(f"{r} {al[r][0]:.4f}" + (f" +- {al[r][1]:.2g}" if al[r][1] else "")
+                          for r in an.REGIONS))
     print(f"operator products: {summ.num_products}; seconds: {seconds:.1f}")
 
     doc = summ.to_dict(include_all_values=True)  # dense: all P values; matrix-free: top only
@@ -403,9 +409,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup(args, parser)
-    if args.command == "spectrum":
-        return _spectrum(args, parser)
-    return _study(args, parser)
+    try:
+        if args.command == "spectrum":
+            return _spectrum(args, parser)
+        return _study(args, parser)
+    except ValueError as e:
+        # options that only the model can check (num_steps <= P, a product budget too small
+        # for the run): a usage error naming the problem, not a traceback
+        parser.error(str(e))
 
 
 if __name__ == "__main__":  # pragma: no cover

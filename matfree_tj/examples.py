@@ -250,9 +250,9 @@ def momentum_gd_singular_values(eigenvalues, eta: float, num_steps: int, momentu
 class LinearRegression:
     r"""Full-batch GD on least squares with a known spectrum.
 
-    ``Sigma = X^T X / n = W diag(eigenvalues) W^T`` with ``W`` (P, n) orthonormal; the training
-    Jacobian is ``I + W diag(factors - 1) W^T`` with ``factors`` from
-    :func:`momentum_gd_singular_values`: ``P - n`` singular values exactly 1.
+    ``Sigma = X^T X / n = W diag(eigenvalues) W^T`` with ``W`` (P, min(n, P)) orthonormal; the
+    training Jacobian is ``I + W diag(factors - 1) W^T`` with ``factors`` from
+    :func:`momentum_gd_singular_values`: ``P - n`` singular values exactly 1 when ``n < P``.
     """
 
     train_fn: TrainFn
@@ -292,22 +292,24 @@ def linear_regression(
 ) -> LinearRegression:
     r"""Least squares ``|X w - y|^2 / (2n)`` trained by full-batch GD: an exact oracle at any P.
 
-    ``X = sqrt(n) Q diag(sqrt(eigenvalues)) W^T`` with random orthonormal ``Q`` (n, n) and ``W``
-    (P, n), so ``Sigma``'s nonzero eigenvalues are exactly ``eigenvalues`` (default: log-spaced
-    in [1e-3, 1] / eta). Needs ``n <= P``.
+    ``X = sqrt(n) Q diag(sqrt(eigenvalues)) W^T`` with random orthonormal columns ``Q``
+    (n, r) and ``W`` (P, r), ``r = min(n, P)``, so ``Sigma``'s eigenvalues are exactly
+    ``eigenvalues`` (``r`` of them; default: log-spaced in [1e-3, 1] / eta) and, when
+    ``n < P``, ``P - n`` zeros (singular values of ``J`` exactly 1).
     """
     n, P = int(n), int(P)
-    if not 1 <= n <= P:
-        raise ValueError(f"need 1 <= n <= P, got n={n}, P={P}.")
+    if n < 1 or P < 1:
+        raise ValueError(f"need n >= 1 and P >= 1, got n={n}, P={P}.")
+    r = min(n, P)
     dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
     if eigenvalues is None:
-        eigenvalues = np.logspace(-3, 0, n) / eta
+        eigenvalues = np.logspace(-3, 0, r) / eta
     lam = np.asarray(eigenvalues, dtype=np.float64)
-    if lam.shape != (n,) or np.any(lam < 0):
-        raise ValueError(f"eigenvalues must be {n} non-negative numbers.")
+    if lam.shape != (r,) or np.any(lam < 0):
+        raise ValueError(f"eigenvalues must be min(n, P) = {r} non-negative numbers.")
     kq, kw, ky, kp = jax.random.split(key, 4)
-    Q, _ = jnp.linalg.qr(jax.random.normal(kq, (n, n), dtype))
-    W, _ = jnp.linalg.qr(jax.random.normal(kw, (P, n), dtype))
+    Q, _ = jnp.linalg.qr(jax.random.normal(kq, (n, r), dtype))
+    W, _ = jnp.linalg.qr(jax.random.normal(kw, (P, r), dtype))
     X = (jnp.sqrt(n) * Q * jnp.sqrt(jnp.asarray(lam, dtype))[None, :]) @ W.T
     y = jax.random.normal(ky, (n,), dtype)
     params0 = jax.random.normal(kp, (P,), dtype)

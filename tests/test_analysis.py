@@ -223,6 +223,23 @@ def test_output_sensitivity(mlp):
     np.testing.assert_allclose(flat["train"], kl["train"], rtol=1e-10)  # directions normalised
 
 
+def test_output_sensitivity_regression_outputs():
+    # a linear regression model: outputs (N,) -> the Gaussian KL, max_x |x^T d|^2 / 2 exactly
+    X = np.asarray(jax.random.normal(jax.random.key(0), (12, 4)))
+    apply = lambda w, X: X @ w  # noqa: E731
+    theta = jnp.asarray(np.arange(4.0))
+    D = np.eye(4)[:, :2]
+    kl = an.output_sensitivity(apply, theta, D, {"x": X}, scale=3.0, unravel=lambda t: t)
+    np.testing.assert_allclose(kl["x"], [np.max((3 * X[:, 0]) ** 2) / 2,
+                                         np.max((3 * X[:, 1]) ** 2) / 2], rtol=1e-6)
+    col = an.output_sensitivity(lambda w, X: (X @ w)[:, None], theta, D, {"x": X}, scale=3.0,
+                                unravel=lambda t: t)
+    np.testing.assert_allclose(col["x"], kl["x"], rtol=1e-6)
+    with pytest.raises(ValueError, match="divergence"):
+        an.output_sensitivity(lambda w, X: jnp.ones((2, 3, 4)), theta, D, {"x": X},
+                              unravel=lambda t: t)
+
+
 # --------------------------------------------------------------------- restricted training ---
 def test_restricted_training_full_rotation_is_unconstrained(mlp):
     m, J, _, _ = mlp

@@ -33,6 +33,9 @@ def test_help_via_python_m():
         (["spectrum", "--cache", "sometimes"], "invalid choice"),
         (["spectrum", "--quick", "--lo", "1.5"], "--lo"),
         (["study", "--quick", "--num-seeds", "1"], "--num-seeds"),
+        (["spectrum", "--quick", "--num-steps", "1"], "integer >= 2"),
+        (["spectrum", "--quick", "--seed", "-1"], "integer >= 0"),
+        (["spectrum", "--quick", "--num-steps", "100000", "--num-top", "2"], "num_steps <= P"),
         ([], "required"),
     ],
 )
@@ -162,6 +165,6 @@ def test_study_dense_quick(tmp_path):
     ):
         assert key in r
     assert len(r["perturbation"]["bulk"]["rows"]) == 6
-    assert len(d["claims"]) == 9
+    assert len(d["claims"]) == 10
     assert (out / "summary.md").read_text().count("|") > 20
     assert len([p for p in os.listdir(out) if p.endswith(".png")]) == 7

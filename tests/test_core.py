@@ -75,6 +75,24 @@ def test_adjoint_identity(case):
     assert abs(lhs - rhs) <= 1e-10 * scale
 
 
+def test_optimizers_with_extra_update_arguments():
+    # optax's extra-arguments protocol: polyak_sgd needs the loss value at each step; the
+    # operator must match jacfwd of the same run. A while_loop line search (lbfgs) has no
+    # reverse-mode derivative: a clear error, not a crash inside tracing.
+    X = jax.random.normal(jax.random.key(1), (16, 3))
+    y = X @ jnp.array([1.0, -2.0, 0.5]) + 0.1
+    loss = lambda w, b: jnp.mean((b[0] @ w - b[1]) ** 2)  # noqa: E731
+    train = mtj.make_train_fn(loss, optax.polyak_sgd(max_learning_rate=0.1),
+                              mtj.full_batch_schedule((X, y), 4))
+    J = mtj.training_jacobian(train, jnp.ones(3))
+    np.testing.assert_allclose(J.to_dense(), jax.jacfwd(train)(jnp.ones(3)), atol=1e-12)
+    u = jax.random.normal(jax.random.key(2), (3,))
+    np.testing.assert_allclose(J.rmv(u), jax.jacfwd(train)(jnp.ones(3)).T @ u, atol=1e-12)
+    lbfgs = mtj.make_train_fn(loss, optax.lbfgs(), mtj.full_batch_schedule((X, y), 2))
+    with pytest.raises(TypeError, match="not differentiable"):
+        mtj.training_jacobian(lbfgs, jnp.ones(3))
+
+
 # ---------------------------------------------------------------- dense and blocks ---------
 @pytest.fixture(scope="module")
 def tiny_sgd():

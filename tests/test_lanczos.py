@@ -159,6 +159,43 @@ def test_rectangular_top(x64):
     assert_honest(op, res, s_true)
 
 
+def test_wide_operator_top_converges(x64):
+    # rows < columns: the solver works on A^T (whose right Krylov basis can be completed)
+    s_true = np.linspace(4.0, 0.5, 30)
+    A = matrix_with_spectrum(s_true, seed=8, shape=(30, 80))
+    op = DenseOperator(A)
+    for k in (3, 15, 29):
+        res = mtj.top_singular(op, k, key=jax.random.key(k))
+        assert res.U.shape == (30, k) and res.V.shape == (80, k)
+        assert res.status == "converged"
+        np.testing.assert_allclose(np.asarray(res.s), s_true[:k], rtol=1e-12)
+        assert_honest(op, res, s_true)
+
+
+@pytest.mark.parametrize("mult,k", [(10, 10), (12, 6)])
+def test_repeated_top_value_closed_form(x64, mult, k):
+    # GD on least squares with the largest Hessian eigenvalue repeated: J has a top singular
+    # value of multiplicity `mult` (closed form), which a single-vector Krylov space holds only
+    # once. Every returned value must be a copy of it, not merely some singular value.
+    n, P, eta, T = 120, 200, 1.0, 5
+    lam = np.concatenate([np.full(mult, 2.3), np.linspace(2.0, 2.29, n - mult)])
+    lr = mtj.examples.linear_regression(jax.random.key(mult), n, P, eta=eta, num_steps=T,
+                                        eigenvalues=lam)
+    J = mtj.training_jacobian(lr.train_fn, lr.params0)
+    s_true = lr.singular_values
+    assert np.allclose(s_true[:mult], 1.3**T)
+    res = mtj.top_singular(J, k, key=jax.random.key(0))
+    assert res.status == "converged"
+    np.testing.assert_allclose(np.asarray(res.s), s_true[:k], rtol=1e-10)
+    # the vectors span k independent directions of the repeated value's singular subspace
+    V = np.asarray(res.V)
+    np.testing.assert_allclose(V.T @ V, np.eye(k), atol=1e-8)
+    assert_honest(J, res, s_true, A=lr.dense())
+    # without the check the same run may stop with a wrong top-k, every flag set
+    plain = mtj.top_singular(J, k, key=jax.random.key(0), verify=False)
+    assert plain.num_products < res.num_products
+
+
 def test_bad_input(x64):
     op = dense_operator(np.eye(6) * np.arange(1.0, 7.0))
     key = jax.random.key(0)

@@ -224,3 +224,63 @@ def test_dense_region_counts_sum_to_P(diag400):
     assert rc.bulk == np.sum((s >= 0.5) & (s <= 2.0))
     assert rc.stderr.to_dict() == {"chaotic": 0.0, "bulk": 0.0, "stable": 0.0}
     json.dumps(rc.to_dict())
+
+
+def _aligned_matrix(P=60, seed=0):
+    """A matrix whose values in [0.95, 1.05] have u_i = v_i exactly and whose other singular
+    vectors are unrelated: returns (A, s, cos(u_i, v_i))."""
+    rng = np.random.default_rng(seed)
+    s = np.concatenate([np.linspace(2.0, 5.0, 10), rng.uniform(0.95, 1.05, 30),
+                        np.linspace(0.01, 0.8, P - 40)])
+    U, _ = np.linalg.qr(rng.standard_normal((P, P)))
+    B = U[:, 10:40]
+    G = rng.standard_normal((P, P - 30))
+    C, _ = np.linalg.qr(G - B @ (B.T @ G))  # orthonormal complement of the aligned block
+    V = np.concatenate([C[:, :10], B, C[:, 10:]], axis=1)
+    return (U * s) @ V.T, s, np.sum(U * V, axis=0)
+
+
+def test_alignment_quadrature_exact_with_a_complete_krylov_space(x64):
+    # With m = P steps the Krylov space is complete: each probe's alignment sum equals
+    # P q^T (U_g V_g^T) q exactly, g the indicator of the interval.
+    A, s, _ = _aligned_matrix()
+    P = A.shape[0]
+    d = mtj.singular_value_density(DenseOperator(A), key=jax.random.key(3), num_probes=5,
+                                   num_steps=P)
+    Z = np.asarray(mtj._slq._probes(jax.random.key(3), 5, P, jnp.float64, "rademacher"))
+    U, sv, Vt = np.linalg.svd(A)
+    for lo, hi in [(0.9, 1.1), (1.1, np.inf), (-np.inf, 0.9), (0.5, 2.5)]:
+        g = (sv >= lo) & (sv <= hi)
+        exact = P * np.einsum("pi,ij,pj->p", Z, (U[:, g] @ Vt[g]), Z)
+        np.testing.assert_allclose(d.per_probe_alignment_sums(lo, hi), exact, atol=1e-10)
+
+
+def test_alignment_judged_by_its_standard_errors(x64):
+    A, s, cos = _aligned_matrix(seed=1)
+    op = DenseOperator(A)
+    z = []
+    for seed in range(5):
+        rc = mtj.region_counts(op, key=jax.random.key(seed), num_probes=12, num_steps=48)
+        for name, (a, b) in {"chaotic": (1.1, np.inf), "stable": (-np.inf, 0.9)}.items():
+            g = (s > a) & (s < b)
+            est, se = rc.alignment[name]
+            z.append((est - cos[g].mean()) / se)
+        # exactly aligned vectors: every probe's ratio is 1, up to the quadrature's leakage
+        assert rc.alignment["bulk"][0] == pytest.approx(1.0, abs=1e-6)
+    assert np.all(np.abs(z) <= 4.5), z  # jackknife t-statistics, 11 degrees of freedom
+    assert rc.to_dict()["alignment"]["bulk"][0] == rc.alignment["bulk"][0]
+
+
+def test_alignment_with_deflation_counts_deflated_cosines_exactly(x64):
+    A, s, cos = _aligned_matrix(seed=2)
+    op = DenseOperator(A)
+    top = mtj.top_singular(op, 10, key=jax.random.key(0), tol=1e-10)
+    assert top.num_converged == 10
+    d = mtj.singular_value_density(op, key=jax.random.key(1), num_probes=6, num_steps=30,
+                                   deflate=top)
+    U, V = np.asarray(top.U), np.asarray(top.V)
+    np.testing.assert_allclose(np.sort(d.deflated_cos), np.sort(np.sum(U * V, axis=0)),
+                               atol=1e-12)
+    # the chaotic region holds only the deflated values: its mean cosine is exact
+    est, se = d.alignment(1.1, np.inf, closed="neither")
+    assert est == pytest.approx(cos[:10].mean(), abs=1e-8)
