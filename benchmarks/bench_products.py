@@ -125,11 +125,12 @@ def run(quick: bool = False, out_dir=None, hidden: int = 64, num_epochs: int = 2
     for kind, ck in kinds:
         if kind == "train":
             r = C.run_isolated("benchmarks.bench_products:train_rss",
-                               dict(hidden=hidden, num_epochs=num_epochs), timeout=600)
+                               dict(hidden=hidden, num_epochs=num_epochs), timeout=600,
+                               strict_memory=True)
         else:
             r = C.run_isolated("benchmarks._cases:product_rss",
                                dict(model=dict(kind="mlp", hidden=hidden, num_epochs=num_epochs),
-                                    kind=kind, checkpoint=ck), timeout=600)
+                                    kind=kind, checkpoint=ck), timeout=600, strict_memory=True)
         name = kind if kind in ("train", "jvp", "matmat") else f"{kind}[{ck}]"
         rss[name] = r
     payload = {"benchmark": "products", "quick": quick, "machine": C.finish_info(info),

@@ -84,7 +84,8 @@ def run_p(quick: bool = False, out_dir=None, config: dict | None = None,
         if cfg.get("combined"):  # quick mode: costs + the three methods in one process
             combined = C.run_isolated("benchmarks._cases:scan_all", dict(
                 model=m, k=cfg["k"], lanczos=cfg["lanczos"], randomized=cfg["randomized"],
-                slq=cfg["slq"], cols=cfg["cols"]), timeout=cfg["case_timeout"])
+                slq=cfg["slq"], cols=cfg["cols"]), timeout=cfg["case_timeout"],
+                strict_memory=True)
             costs = combined.get("costs", combined)
         else:
             costs = C.run_isolated("benchmarks._cases:product_costs",
@@ -111,7 +112,8 @@ def run_p(quick: bool = False, out_dir=None, config: dict | None = None,
                       f"{cfg['dense_budget']:.0f} s budget")
         if reason is None:
             d = C.run_isolated("benchmarks._cases:dense", dict(model=m, keep_values=False),
-                               timeout=max(cfg["case_timeout"], 2 * cfg["dense_budget"]))
+                               timeout=max(cfg["case_timeout"], 2 * cfg["dense_budget"]),
+                               strict_memory=True)
             if d.get("status") == "ok":
                 svd_fit = (P, d["svd_values_s"])
                 if d.get("rss_peak_above_start_bytes"):
@@ -140,7 +142,7 @@ def run_p(quick: bool = False, out_dir=None, config: dict | None = None,
                 r = combined.get(name) or {"status": combined.get("status"),
                                            "why": combined.get("why")}
             else:
-                r = C.run_isolated(target, kw, timeout=cfg["case_timeout"])
+                r = C.run_isolated(target, kw, timeout=cfg["case_timeout"], strict_memory=True)
             if r.get("status") != "ok":
                 stopped[name] = f"{r.get('status')} at P = {P}: {r.get('why')}"
             elif r["cold_s"] > 0.6 * cfg["case_timeout"]:
@@ -353,9 +355,11 @@ def run_t(quick: bool = False, out_dir=None, config: dict | None = None) -> dict
         if ep in cfg["rss_epochs"]:
             for ck in CHECKPOINTS:
                 r["rss"][ck] = C.run_isolated("benchmarks._cases:product_rss",
-                                              dict(model=m, kind="vjp", checkpoint=ck), timeout=900)
+                                              dict(model=m, kind="vjp", checkpoint=ck), timeout=900,
+                                              strict_memory=True)
             r["rss"]["jvp"] = C.run_isolated("benchmarks._cases:product_rss",
-                                             dict(model=m, kind="jvp"), timeout=900)
+                                             dict(model=m, kind="jvp"), timeout=900,
+                                             strict_memory=True)
         rows.append(r)
         C.write_json("scaling_t" + ("_quick" if quick else ""),
                      {"benchmark": "scaling_t", "quick": quick, "config": cfg, "machine": info,
