@@ -600,6 +600,18 @@ def _figures(results: dict, out: str) -> list[str]:
             ax.plot(np.asarray(sp["singular_values"]), al["all_cos"], ".", ms=2)
         ax.plot(al["top_s"], al["top_cos"], "o", ms=3, label="top")
         ax.plot(al["bottom_s"], al["bottom_cos"], "s", ms=3, label="bottom")
+        regions = (sp.get("settings") or {}).get("alignment")
+        if regions:  # mean cos per region: exact (dense) or the SLQ estimate +- 2 stderr
+            s_lo = max(min(al["bottom_s"] + al["top_s"]), 1e-9)
+            s_hi = max(al["top_s"] + al["bottom_s"])
+            spans = {"stable": (s_lo, sp["lo"]), "bulk": (sp["lo"], sp["hi"]),
+                     "chaotic": (sp["hi"], max(s_hi, sp["hi"]))}
+            for i, (name, (a, c)) in enumerate(spans.items()):
+                m, se = regions[name]
+                ax.hlines(m, a, c, colors="k", lw=2,
+                          label="region mean" + (" +- 2 stderr" if se else "") if i == 0 else None)
+                if se:
+                    ax.fill_between([a, c], m - 2 * se, m + 2 * se, color="k", alpha=0.2, lw=0)
         ax.set(xscale="log", xlabel="sigma_i", ylabel="cos(u_i, v_i)", title=f"alignment ({b})")
         ax.legend(fontsize=7)
         save(fig, f"alignment_{tag}.png")
