@@ -20,7 +20,6 @@ import numpy as np
 
 from benchmarks import _common as C
 
-
 # ---------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------
@@ -51,20 +50,30 @@ def build(model: dict):
     import matfree_tj as mtj
 
     if model["kind"] == "mlp":
-        ref = mtj.examples.digits_mlp(hidden=model.get("hidden", 64), seed=model.get("seed", 0),
-                                      depth=model.get("depth", 1),
-                                      num_epochs=model.get("num_epochs", 25),
-                                      dtype=jnp.float64 if model.get("x64") else jnp.float32)
-        return ref.train_fn, ref.params0, {"P": ref.num_params, "T": ref.config["num_steps"],
-                                           "truth": None}
+        ref = mtj.examples.digits_mlp(
+            hidden=model.get("hidden", 64),
+            seed=model.get("seed", 0),
+            depth=model.get("depth", 1),
+            num_epochs=model.get("num_epochs", 25),
+            dtype=jnp.float64 if model.get("x64") else jnp.float32,
+        )
+        return (
+            ref.train_fn,
+            ref.params0,
+            {"P": ref.num_params, "T": ref.config["num_steps"], "truth": None},
+        )
     if model["kind"] == "linear":
         n, P, eta = int(model["n"]), int(model["P"]), float(model.get("eta", 1.0))
         T = int(model.get("num_steps", 20))
         lam = _linear_eigenvalues(n, eta, int(model.get("chaotic", 10)), T, model.get("seed", 0))
-        lr = mtj.examples.linear_regression(jax.random.key(model.get("seed", 0)), n, P, eta=eta,
-                                            num_steps=T, eigenvalues=lam)
-        return lr.train_fn, lr.params0, {"P": P, "T": lr.num_steps,
-                                         "truth": np.asarray(lr.singular_values)}
+        lr = mtj.examples.linear_regression(
+            jax.random.key(model.get("seed", 0)), n, P, eta=eta, num_steps=T, eigenvalues=lam
+        )
+        return (
+            lr.train_fn,
+            lr.params0,
+            {"P": P, "T": lr.num_steps, "truth": np.asarray(lr.singular_values)},
+        )
     raise ValueError(f"unknown model kind {model['kind']!r}")
 
 
@@ -81,24 +90,43 @@ def _setup(model: dict, checkpoint: str = "none", **jac_opts):
     train_fn, params0, info = build(model)
     t_train = _train_time(train_fn, params0)
     with C.Stopwatch() as sw:
-        J = mtj.training_jacobian(train_fn, params0, checkpoint=checkpoint,
-                                  check_deterministic=False, **jac_opts)
+        J = mtj.training_jacobian(
+            train_fn, params0, checkpoint=checkpoint, check_deterministic=False, **jac_opts
+        )
     cached = getattr(J, "cached", None)
-    return J, {"P": info["P"], "T": info["T"], "t_train_s": t_train, "construct_s": sw.seconds,
-               "model": model, "jacobian_options": dict(checkpoint=checkpoint, **jac_opts),
-               "cached": dict(cached) if isinstance(cached, dict) else cached}, info["truth"]
+    return (
+        J,
+        {
+            "P": info["P"],
+            "T": info["T"],
+            "t_train_s": t_train,
+            "construct_s": sw.seconds,
+            "model": model,
+            "jacobian_options": dict(checkpoint=checkpoint, **jac_opts),
+            "cached": dict(cached) if isinstance(cached, dict) else cached,
+        },
+        info["truth"],
+    )
 
 
 def _regions_from_values(s: np.ndarray, lo: float = 0.9, hi: float = 1.1) -> dict:
     s = np.asarray(s)
-    return {"chaotic": int(np.sum(s > hi)), "bulk": int(np.sum((s >= lo) & (s <= hi))),
-            "stable": int(np.sum(s < lo))}
+    return {
+        "chaotic": int(np.sum(s > hi)),
+        "bulk": int(np.sum((s >= lo) & (s <= hi))),
+        "stable": int(np.sum(s < lo)),
+    }
 
 
 def _triplets(res) -> dict:
-    return {"s": np.asarray(res.s, dtype=np.float64), "residuals": np.asarray(res.residuals),
-            "converged": np.asarray(res.converged), "num_products": int(res.num_products),
-            "solver_status": str(res.status), "num_restarts": int(getattr(res, "num_restarts", 0))}
+    return {
+        "s": np.asarray(res.s, dtype=np.float64),
+        "residuals": np.asarray(res.residuals),
+        "converged": np.asarray(res.converged),
+        "num_products": int(res.num_products),
+        "solver_status": str(res.status),
+        "num_restarts": int(getattr(res, "num_restarts", 0)),
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -110,8 +138,13 @@ def truth(model: dict, top: int = 200) -> dict:
     """The exact spectrum of a closed-form model (no products): top values and region counts."""
     _, _, info = build(model)
     s = info["truth"]
-    return {"P": info["P"], "s_top": s[:top], "s_bottom": s[::-1][:top],
-            "regions": _regions_from_values(s), "s_all": s if s.size <= 50_000 else None}
+    return {
+        "P": info["P"],
+        "s_top": s[:top],
+        "s_bottom": s[::-1][:top],
+        "regions": _regions_from_values(s),
+        "s_all": s if s.size <= 50_000 else None,
+    }
 
 
 def dense(model: dict, vectors: bool = False, keep_values: bool = True) -> dict:
@@ -167,8 +200,15 @@ def jacfwd_paper(model: dict) -> dict:
     return out
 
 
-def topk(model: dict, k: int, method: str = "lanczos", opts: dict | None = None,
-         warm: bool = False, seed: int = 0, keep_vectors_check: bool = False) -> dict:
+def topk(
+    model: dict,
+    k: int,
+    method: str = "lanczos",
+    opts: dict | None = None,
+    warm: bool = False,
+    seed: int = 0,
+    keep_vectors_check: bool = False,
+) -> dict:
     """``mtj.top_singular`` (cold: includes compilation; optionally a second, warm call)."""
     import jax
 
@@ -216,8 +256,16 @@ def bottomk(model: dict, k: int, opts: dict | None = None, seed: int = 0) -> dic
     return out
 
 
-def regions(model: dict, num_probes: int = 10, num_steps: int = 80, seeds=(0,),
-            lo: float = 0.9, hi: float = 1.1, opts: dict | None = None, warm: bool = False) -> dict:
+def regions(
+    model: dict,
+    num_probes: int = 10,
+    num_steps: int = 80,
+    seeds=(0,),
+    lo: float = 0.9,
+    hi: float = 1.1,
+    opts: dict | None = None,
+    warm: bool = False,
+) -> dict:
     """``mtj.region_counts(method="slq")`` for one or more probe seeds (first call cold)."""
     import jax
 
@@ -232,9 +280,16 @@ def regions(model: dict, num_probes: int = 10, num_steps: int = 80, seeds=(0,),
             with warnings.catch_warnings(record=True) as w:
                 warnings.simplefilter("always")
                 with C.Stopwatch() as sw:
-                    rc = mtj.region_counts(J, key=jax.random.key(seed), lo=lo, hi=hi,
-                                           method="slq", num_probes=num_probes,
-                                           num_steps=num_steps, **opts)
+                    rc = mtj.region_counts(
+                        J,
+                        key=jax.random.key(seed),
+                        lo=lo,
+                        hi=hi,
+                        method="slq",
+                        num_probes=num_probes,
+                        num_steps=num_steps,
+                        **opts,
+                    )
             d = rc.to_dict()
             d["seconds"] = sw.seconds
             d["seed"] = seed
@@ -245,8 +300,16 @@ def regions(model: dict, num_probes: int = 10, num_steps: int = 80, seeds=(0,),
     out.update(pm.as_dict())
     if warm:
         with C.Stopwatch() as sw:
-            mtj.region_counts(J, key=jax.random.key(seeds[0]), lo=lo, hi=hi, method="slq",
-                              num_probes=num_probes, num_steps=num_steps, **opts)
+            mtj.region_counts(
+                J,
+                key=jax.random.key(seeds[0]),
+                lo=lo,
+                hi=hi,
+                method="slq",
+                num_probes=num_probes,
+                num_steps=num_steps,
+                **opts,
+            )
         out["warm_s"] = sw.seconds
     out["runs"] = runs
     out["num_products"] = runs[0]["num_products"]
@@ -257,8 +320,13 @@ def regions(model: dict, num_probes: int = 10, num_steps: int = 80, seeds=(0,),
     return out
 
 
-def spectrum(model: dict, num_probes: int | None = None, num_steps: int | None = None,
-             num_deflate: int | None = None, seed: int = 0) -> dict:
+def spectrum(
+    model: dict,
+    num_probes: int | None = None,
+    num_steps: int | None = None,
+    num_deflate: int | None = None,
+    seed: int = 0,
+) -> dict:
     """``analysis.spectrum_summary`` (the library's default counts: top triplets deflated from
     SLQ, steps from the largest remaining value), cold; in the ``regions`` output format."""
     import jax
@@ -271,27 +339,52 @@ def spectrum(model: dict, num_probes: int | None = None, num_steps: int | None =
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
             with C.Stopwatch() as sw:
-                summ = analysis.spectrum_summary(J, key=jax.random.key(seed),
-                                                 num_probes=num_probes, num_steps=num_steps,
-                                                 num_deflate=num_deflate, progress=lines.append)
+                summ = analysis.spectrum_summary(
+                    J,
+                    key=jax.random.key(seed),
+                    num_probes=num_probes,
+                    num_steps=num_steps,
+                    num_deflate=num_deflate,
+                    progress=lines.append,
+                )
     out.update(pm.as_dict())
     st = summ.settings or {}
-    run = {**summ.counts, "stderr": summ.stderr, "seconds": sw.seconds, "seed": seed,
-           "warnings": [str(x.message)[:300] for x in w],
-           "bounds": st.get("quadrature_bounds"), "step_change": st.get("step_change"),
-           "num_deflated": st.get("num_deflated"), "num_steps": st.get("num_steps")}
-    out.update({"runs": [run], "cold_s": sw.seconds, "num_products": int(summ.num_products),
-                "num_probes": num_probes or 10, "num_steps": num_steps or "auto",
-                "num_deflate": num_deflate if num_deflate is not None else "default",
-                "progress": lines})
+    run = {
+        **summ.counts,
+        "stderr": summ.stderr,
+        "seconds": sw.seconds,
+        "seed": seed,
+        "warnings": [str(x.message)[:300] for x in w],
+        "bounds": st.get("quadrature_bounds"),
+        "step_change": st.get("step_change"),
+        "num_deflated": st.get("num_deflated"),
+        "num_steps": st.get("num_steps"),
+    }
+    out.update(
+        {
+            "runs": [run],
+            "cold_s": sw.seconds,
+            "num_products": int(summ.num_products),
+            "num_probes": num_probes or 10,
+            "num_steps": num_steps or "auto",
+            "num_deflate": num_deflate if num_deflate is not None else "default",
+            "progress": lines,
+        }
+    )
     out["time_per_product_s"] = sw.seconds / max(1, out["num_products"])
     if truth_s is not None:
         out["truth_regions"] = _regions_from_values(truth_s)
     return out
 
 
-def svds(model: dict, k: int, solver: str = "arpack", tol: float = 1e-6,
-         maxiter: int | None = None, seed: int = 0) -> dict:
+def svds(
+    model: dict,
+    k: int,
+    solver: str = "arpack",
+    tol: float = 1e-6,
+    maxiter: int | None = None,
+    seed: int = 0,
+) -> dict:
     """scipy's ``svds`` on ``J.to_scipy()`` (ARPACK or PROPACK), counting operator products."""
     import scipy.sparse.linalg as spla
 
@@ -309,8 +402,14 @@ def svds(model: dict, k: int, solver: str = "arpack", tol: float = 1e-6,
         count["rmv"] += 1 if x.ndim == 1 else x.shape[1]
         return A.rmatvec(x) if x.ndim == 1 else A.rmatmat(x)
 
-    B = spla.LinearOperator(A.shape, matvec=mv, rmatvec=rmv,
-                            matmat=lambda X: mv(X), rmatmat=lambda X: rmv(X), dtype=np.float64)
+    B = spla.LinearOperator(
+        A.shape,
+        matvec=mv,
+        rmatvec=rmv,
+        matmat=lambda X: mv(X),
+        rmatmat=lambda X: rmv(X),
+        dtype=np.float64,
+    )
     # warm the jitted products so the timing is of the solve, not of compilation
     v = np.random.default_rng(seed).standard_normal(A.shape[1])
     A.matvec(v), A.rmatvec(v)
@@ -319,8 +418,15 @@ def svds(model: dict, k: int, solver: str = "arpack", tol: float = 1e-6,
     with C.PeakMemory() as pm:
         with C.Stopwatch() as sw:
             try:
-                s = spla.svds(B, k=k, tol=tol, maxiter=maxiter, solver=solver,
-                              return_singular_vectors=False, rng=rng)
+                s = spla.svds(
+                    B,
+                    k=k,
+                    tol=tol,
+                    maxiter=maxiter,
+                    solver=solver,
+                    return_singular_vectors=False,
+                    rng=rng,
+                )
                 out["status"] = "ok"
             except spla.ArpackNoConvergence as e:
                 s = np.asarray(getattr(e, "eigenvalues", []))
@@ -348,8 +454,12 @@ def product_costs(model: dict, cols: int = 64, checkpoint: str = "none") -> dict
     V = jax.random.normal(jax.random.key(1), (P, cols), J.dtype)
     mm = jax.jit(lambda X: J.matmat(X))
     rmm = jax.jit(lambda X: J.rmatmat(X))
-    for name, f, x, reps in (("mv", J.mv, v, 2), ("rmv", J.rmv, v, 2),
-                             ("matmat", mm, V, 1), ("rmatmat", rmm, V, 1)):
+    for name, f, x, reps in (
+        ("mv", J.mv, v, 2),
+        ("rmv", J.rmv, v, 2),
+        ("matmat", mm, V, 1),
+        ("rmatmat", rmm, V, 1),
+    ):
         t = C.time_call(f, x, repeat=reps, max_seconds=30)
         out[f"{name}_s"] = t["median_s"]
         out[f"{name}_cold_s"] = t["cold_s"]
@@ -367,8 +477,9 @@ def _cache_bytes(make, x) -> int:
     return int(sum(v.size * v.dtype.itemsize for v in jax.tree_util.tree_leaves(shapes)))
 
 
-def reverse_memory(model: dict, checkpoints=("none", "step", "sqrt"), time_it: bool = True,
-                   repeat: int = 2) -> dict:
+def reverse_memory(
+    model: dict, checkpoints=("none", "step", "sqrt"), time_it: bool = True, repeat: int = 2
+) -> dict:
     """Per checkpoint option: compiled memory and time of one *uncached* reverse product (the
     primal re-run inside it), and the bytes a cached pullback would hold; same for forward."""
     import jax
@@ -388,15 +499,18 @@ def reverse_memory(model: dict, checkpoints=("none", "step", "sqrt"), time_it: b
     def flat(fn):
         return lambda th: ravel_pytree(fn(unravel(th)))[0]
 
-    out["linearize_cache_bytes"] = _cache_bytes(lambda th: jax.linearize(flat(train_fn), th)[1],
-                                                theta0)
+    out["linearize_cache_bytes"] = _cache_bytes(
+        lambda th: jax.linearize(flat(train_fn), th)[1], theta0
+    )
     for ck in checkpoints:
-        Jc = mtj.training_jacobian(train_fn, params0, checkpoint=ck, check_deterministic=False,
-                                   **UNCACHED)
+        Jc = mtj.training_jacobian(
+            train_fn, params0, checkpoint=ck, check_deterministic=False, **UNCACHED
+        )
         out[f"vjp_memory[{ck}]"] = C.compiled_memory(Jc.rmv_fn, u)
         fn = train_fn if ck == "none" else train_fn.with_checkpoint(ck)
-        out[f"pullback_cache_bytes[{ck}]"] = _cache_bytes(lambda th: jax.vjp(flat(fn), th)[1],
-                                                          theta0)
+        out[f"pullback_cache_bytes[{ck}]"] = _cache_bytes(
+            lambda th, fn=fn: jax.vjp(flat(fn), th)[1], theta0
+        )
         if time_it:
             t = C.time_call(Jc.rmv, u, repeat=repeat, max_seconds=30)
             out[f"vjp_s[{ck}]"] = t["median_s"]
@@ -404,8 +518,9 @@ def reverse_memory(model: dict, checkpoints=("none", "step", "sqrt"), time_it: b
     return out
 
 
-def product_rss(model: dict, kind: str = "vjp", checkpoint: str = "none", cols: int = 64,
-                cached: bool = False) -> dict:
+def product_rss(
+    model: dict, kind: str = "vjp", checkpoint: str = "none", cols: int = 64, cached: bool = False
+) -> dict:
     """Peak RSS of one product in a fresh process: compiled first, peak counter reset, then run.
 
     ``cached=False`` (default) measures the product that re-runs the primal inside it (its
@@ -418,8 +533,12 @@ def product_rss(model: dict, kind: str = "vjp", checkpoint: str = "none", cols: 
     P = J.shape[0]
     shape = (P,) if kind in ("jvp", "vjp") else (P, cols)
     x = jax.random.normal(jax.random.key(1), shape, J.dtype)
-    f = {"jvp": J.mv_fn, "vjp": J.rmv_fn,
-         "matmat": lambda X: J.matmat(X), "rmatmat": lambda X: J.rmatmat(X)}[kind]
+    f = {
+        "jvp": J.mv_fn,
+        "vjp": J.rmv_fn,
+        "matmat": lambda X: J.matmat(X),
+        "rmatmat": lambda X: J.rmatmat(X),
+    }[kind]
     compiled = jax.jit(f).lower(x).compile()
     with C.PeakMemory() as pm:
         C.block(compiled(x))
@@ -435,9 +554,11 @@ def scan_all(model: dict, k: int, lanczos: dict, randomized: dict, slq: dict, co
     earlier methods stay resident, so isolated cases are the cleaner measurement.
     """
     out = {"costs": product_costs(model, cols=cols)}
-    for name, fn, kw in (("lanczos", topk, dict(k=k, method="lanczos", opts=lanczos)),
-                         ("randomized", topk, dict(k=k, method="randomized", opts=randomized)),
-                         ("slq", regions, dict(slq))):
+    for name, fn, kw in (
+        ("lanczos", topk, dict(k=k, method="lanczos", opts=lanczos)),
+        ("randomized", topk, dict(k=k, method="randomized", opts=randomized)),
+        ("slq", regions, dict(slq)),
+    ):
         try:
             r = fn(model, **kw)
             r["status"] = "ok"

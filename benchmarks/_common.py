@@ -110,8 +110,9 @@ def machine_info() -> dict:
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_total_gib": round((_meminfo("MemTotal") or 0) / GiB, 1),
         "python": platform.python_version(),
-        "versions": {k: ver(k) for k in ("jax", "jaxlib", "numpy", "scipy", "optax", "equinox",
-                                         "matfree-tj")},
+        "versions": {
+            k: ver(k) for k in ("jax", "jaxlib", "numpy", "scipy", "optax", "equinox", "matfree-tj")
+        },
         "git_commit": _git("rev-parse", "--short", "HEAD"),
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "load_average_1_5_15": load_average(),
@@ -138,8 +139,9 @@ def block(x: Any) -> Any:
     return jax.block_until_ready(x)
 
 
-def time_call(fn: Callable, *args: Any, warmup: int = 1, repeat: int = 3,
-              max_seconds: float | None = None) -> dict:
+def time_call(
+    fn: Callable, *args: Any, warmup: int = 1, repeat: int = 3, max_seconds: float | None = None
+) -> dict:
     """Cold time of the first call, then ``repeat`` warm calls (stops early past ``max_seconds``).
 
     Returns ``{"cold_s", "times_s", "median_s", "min_s", "result"}`` (the last call's output).
@@ -157,8 +159,13 @@ def time_call(fn: Callable, *args: Any, warmup: int = 1, repeat: int = 3,
         times.append(time.perf_counter() - t0)
         if max_seconds is not None and time.perf_counter() - start > max_seconds:
             break
-    return {"cold_s": cold, "times_s": times, "median_s": statistics.median(times),
-            "min_s": min(times), "result": out}
+    return {
+        "cold_s": cold,
+        "times_s": times,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "result": out,
+    }
 
 
 class Stopwatch:
@@ -229,8 +236,12 @@ class PeakMemory:
         return False
 
     def as_dict(self) -> dict:
-        return {"rss_start_bytes": self.start, "rss_peak_bytes": self.peak,
-                "rss_peak_above_start_bytes": self.delta, "peak_reset_ok": self.reset}
+        return {
+            "rss_start_bytes": self.start,
+            "rss_peak_bytes": self.peak,
+            "rss_peak_above_start_bytes": self.delta,
+            "peak_reset_ok": self.reset,
+        }
 
 
 def compiled_memory(fn: Callable, *args: Any) -> dict:
@@ -245,8 +256,13 @@ def compiled_memory(fn: Callable, *args: Any) -> dict:
     if ma is None:
         return {"error": "memory_analysis() not available on this backend"}
     out = {}
-    for name in ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes",
-                 "alias_size_in_bytes", "generated_code_size_in_bytes"):
+    for name in (
+        "temp_size_in_bytes",
+        "argument_size_in_bytes",
+        "output_size_in_bytes",
+        "alias_size_in_bytes",
+        "generated_code_size_in_bytes",
+    ):
         out[name.replace("_size_in_bytes", "_bytes")] = int(getattr(ma, name, 0) or 0)
     return out
 
@@ -256,9 +272,15 @@ def compiled_memory(fn: Callable, *args: Any) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
-def run_isolated(target: str, kwargs: dict | None = None, *, timeout: float = 600,
-                 env: dict | None = None, verbose: bool = True,
-                 strict_memory: bool = False) -> dict:
+def run_isolated(
+    target: str,
+    kwargs: dict | None = None,
+    *,
+    timeout: float = 600,
+    env: dict | None = None,
+    verbose: bool = True,
+    strict_memory: bool = False,
+) -> dict:
     """Run ``module:function(**kwargs)`` in a fresh Python process and return its dict.
 
     The child adds ``lifetime_peak_rss_bytes``. Failures come back as
@@ -284,30 +306,41 @@ def run_isolated(target: str, kwargs: dict | None = None, *, timeout: float = 60
     if verbose:
         print(f"  [{utc_now()[11:19]}] {target} {kwargs}", flush=True)
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
-        res = {"status": "timeout", "timeout_s": timeout,
-               "why": f"did not finish within the {timeout:.0f} s limit of this case"}
+        res = {
+            "status": "timeout",
+            "timeout_s": timeout,
+            "why": f"did not finish within the {timeout:.0f} s limit of this case",
+        }
         if verbose:
             print(f"    -> timeout after {timeout:.0f} s", flush=True)
         return res
     wall = time.perf_counter() - t0
     for line in proc.stdout.splitlines()[::-1]:
         if line.startswith(_MARK):
-            res = json.loads(line[len(_MARK):])
+            res = json.loads(line[len(_MARK) :])
             res.setdefault("status", "ok")
             res["subprocess_wall_s"] = wall
             if verbose:
                 print(f"    -> {res['status']} in {wall:.1f} s", flush=True)
             return res
     if proc.returncode in (-9, 137):
-        res = {"status": "killed", "why": "killed by signal 9 (most likely out of memory)",
-               "subprocess_wall_s": wall}
+        res = {
+            "status": "killed",
+            "why": "killed by signal 9 (most likely out of memory)",
+            "subprocess_wall_s": wall,
+        }
     else:
-        res = {"status": "error", "returncode": proc.returncode, "subprocess_wall_s": wall,
-               "why": (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1][:500],
-               "stderr_tail": proc.stderr[-3000:]}
+        res = {
+            "status": "error",
+            "returncode": proc.returncode,
+            "subprocess_wall_s": wall,
+            "why": (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1][:500],
+            "stderr_tail": proc.stderr[-3000:],
+        }
     if verbose:
         print(f"    -> {res['status']}: {res['why']}", flush=True)
     return res
@@ -326,8 +359,11 @@ def _child_main(argv: Sequence[str]) -> None:
         res = {"status": "error", "why": f"MemoryError: {e}"}
     except Exception as e:  # noqa: BLE001
         msg = f"{type(e).__name__}: {e}"
-        res = {"status": "error", "why": msg.splitlines()[0][:500] if msg else type(e).__name__,
-               "traceback": traceback.format_exc()[-3000:]}
+        res = {
+            "status": "error",
+            "why": msg.splitlines()[0][:500] if msg else type(e).__name__,
+            "traceback": traceback.format_exc()[-3000:],
+        }
     res["lifetime_peak_rss_bytes"] = _status("VmHWM")
     sys.stdout.write("\n" + _MARK + json.dumps(to_jsonable(res)) + "\n")
     sys.stdout.flush()
@@ -433,7 +469,8 @@ def header_lines(info: dict, command: str) -> str:
     return (
         f"Machine: {info.get('cpu')} ({info.get('cpu_affinity')} cores usable), "
         f"{info.get('memory_total_gib')} GiB; devices {', '.join(info.get('devices', []))}. "
-        f"jax {v.get('jax')}, jaxlib {v.get('jaxlib')}, numpy {v.get('numpy')}, scipy {v.get('scipy')}. "
+        f"jax {v.get('jax')}, jaxlib {v.get('jaxlib')}, numpy {v.get('numpy')}, "
+        f"scipy {v.get('scipy')}. "
         f"Date {info.get('date')}; load average (1/5/15 min) at start "
         f"{info.get('load_average_1_5_15')}, at end {info.get('load_average_end')}. "
         f"Commit {info.get('git_commit')}{' (dirty tree)' if info.get('git_dirty') else ''}.\n"
@@ -453,8 +490,11 @@ def solvers_available() -> tuple[bool, str]:
         import matfree_tj as mtj
     except Exception as e:  # noqa: BLE001
         return False, f"matfree_tj failed to import: {e}"
-    missing = [n for n in ("top_singular", "bottom_singular", "singular_value_density",
-                           "region_counts") if not hasattr(mtj, n)]
+    missing = [
+        n
+        for n in ("top_singular", "bottom_singular", "singular_value_density", "region_counts")
+        if not hasattr(mtj, n)
+    ]
     if missing:
         return False, f"matfree_tj has no {', '.join(missing)} yet (solvers not merged)"
     return True, ""

@@ -28,29 +28,58 @@ import numpy as np
 from benchmarks import _common as C
 
 FULL = dict(
-    models={"linear": dict(kind="linear", n=200, P=20000, num_steps=20, x64=True, chaotic=10),
-            "mlp": dict(kind="mlp", hidden=16, num_epochs=25)},
-    k=10, lanczos_budgets=(60, 100, 140, 200, 300), lanczos_basis=30,
-    power_iters=(0, 1, 2, 4), oversample=10,
-    slq_steps=(10, 30, 90), slq_probes=32, slq_groups=(2, 4, 8, 16), bottom_k=5)
+    models={
+        "linear": dict(kind="linear", n=200, P=20000, num_steps=20, x64=True, chaotic=10),
+        "mlp": dict(kind="mlp", hidden=16, num_epochs=25),
+    },
+    k=10,
+    lanczos_budgets=(60, 100, 140, 200, 300),
+    lanczos_basis=30,
+    power_iters=(0, 1, 2, 4),
+    oversample=10,
+    slq_steps=(10, 30, 90),
+    slq_probes=32,
+    slq_groups=(2, 4, 8, 16),
+    bottom_k=5,
+)
 QUICK = dict(
-    models={"linear": dict(kind="linear", n=200, P=3000, num_steps=20, x64=True, chaotic=10),
-            "mlp": dict(kind="mlp", hidden=8, num_epochs=4)},
-    k=5, lanczos_budgets=(40, 100), lanczos_basis=20,
-    power_iters=(0, 2), oversample=5,
-    slq_steps=(10, 30), slq_probes=8, slq_groups=(2, 4), bottom_k=3)
+    models={
+        "linear": dict(kind="linear", n=200, P=3000, num_steps=20, x64=True, chaotic=10),
+        "mlp": dict(kind="mlp", hidden=8, num_epochs=4),
+    },
+    k=5,
+    lanczos_budgets=(40, 100),
+    lanczos_basis=20,
+    power_iters=(0, 2),
+    oversample=5,
+    slq_steps=(10, 30),
+    slq_probes=8,
+    slq_groups=(2, 4),
+    bottom_k=3,
+)
 
 REGIONS = ("chaotic", "bulk", "stable")
 
 
-def sweep(model: dict, k: int, lanczos_budgets, lanczos_basis: int, power_iters, oversample: int,
-          slq_steps, slq_probes: int, slq_groups, bottom_k: int, lo: float = 0.9,
-          hi: float = 1.1) -> dict:
+def sweep(
+    model: dict,
+    k: int,
+    lanczos_budgets,
+    lanczos_basis: int,
+    power_iters,
+    oversample: int,
+    slq_steps,
+    slq_probes: int,
+    slq_groups,
+    bottom_k: int,
+    lo: float = 0.9,
+    hi: float = 1.1,
+) -> dict:
     """One process: oracle, then every budget of every method (runs as an isolated case)."""
     import jax
 
-    from benchmarks import _cases as K
     import matfree_tj as mtj
+    from benchmarks import _cases as K
     from matfree_tj._results import region_spans
 
     J, out, truth = K._setup(model)
@@ -63,9 +92,11 @@ def sweep(model: dict, k: int, lanczos_budgets, lanczos_basis: int, power_iters,
         out["oracle"] = "closed form"
     truth = np.sort(np.asarray(truth, dtype=np.float64))[::-1]
     out["truth_top"] = truth[:k]
-    true_counts = {"chaotic": int(np.sum(truth > hi)),
-                   "bulk": int(np.sum((truth >= lo) & (truth <= hi))),
-                   "stable": int(np.sum(truth < lo))}
+    true_counts = {
+        "chaotic": int(np.sum(truth > hi)),
+        "bulk": int(np.sum((truth >= lo) & (truth <= hi))),
+        "stable": int(np.sum(truth < lo)),
+    }
     out["true_counts"] = true_counts
     smax = float(truth[0])
 
@@ -78,12 +109,19 @@ def sweep(model: dict, k: int, lanczos_budgets, lanczos_basis: int, power_iters,
         # A flagged triplet has some exact singular value within r/sqrt(2) of s: check it.
         nearest = np.array([np.min(np.abs(truth - x)) for x in s])
         bound_ok = nearest <= r / np.sqrt(2) * (1 + 1e-6) + 1e-12 * smax
-        return {"method": method, "budget": budget, "products": int(res.num_products),
-                "seconds": seconds, "max_rel_err": float(rel.max()),
-                "max_rel_err_converged": float(rel[conv].max()) if conv.any() else None,
-                "num_converged": int(conv.sum()),
-                "flagged_but_outside_bound": int(np.sum(conv & ~bound_ok)),
-                "rel_err": rel, "residuals": r, "status": str(res.status)}
+        return {
+            "method": method,
+            "budget": budget,
+            "products": int(res.num_products),
+            "seconds": seconds,
+            "max_rel_err": float(rel.max()),
+            "max_rel_err_converged": float(rel[conv].max()) if conv.any() else None,
+            "num_converged": int(conv.sum()),
+            "flagged_but_outside_bound": int(np.sum(conv & ~bound_ok)),
+            "rel_err": rel,
+            "residuals": r,
+            "status": str(res.status),
+        }
 
     rows = []
     key = jax.random.key(0)
@@ -92,14 +130,16 @@ def sweep(model: dict, k: int, lanczos_budgets, lanczos_basis: int, power_iters,
         if budget < 2 * m + 2 * k:
             m = max(k + 2, (budget - 2 * k) // 2)
         with C.Stopwatch() as sw:
-            res = mtj.top_singular(J, k, key=key, method="lanczos", num_basis=m,
-                                   max_products=budget)
+            res = mtj.top_singular(
+                J, k, key=key, method="lanczos", num_basis=m, max_products=budget
+            )
             C.block(res.s)
         rows.append(topk_row(res, "lanczos", budget, sw.seconds))
     for q in power_iters:
         with C.Stopwatch() as sw:
-            res = mtj.top_singular(J, k, key=key, method="randomized", oversample=oversample,
-                                   power_iters=q)
+            res = mtj.top_singular(
+                J, k, key=key, method="randomized", oversample=oversample, power_iters=q
+            )
             C.block(res.s)
         rows.append(topk_row(res, "randomized", f"q={q}", sw.seconds))
     out["topk"] = rows
@@ -118,12 +158,18 @@ def sweep(model: dict, k: int, lanczos_budgets, lanczos_basis: int, power_iters,
         in_bound = nearest <= r / np.sqrt(2) * (1 + 1e-6) + 10 * eps * smax
         # the issue-3 acceptance criterion (meaningful in float64)
         strict = (nearest <= 1e-6 * np.abs(s)) | (nearest <= 1e-10 * max(1.0, smax))
-        out["bottom"] = {"s": s, "true_bottom": truth[::-1][:bottom_k], "converged": conv,
-                         "residuals": r, "products": res.num_products,
-                         "seconds": sw.seconds, "status": str(res.status),
-                         "nearest_true_distance": nearest,
-                         "flagged_outside_bound": int(np.sum(conv & ~in_bound)),
-                         "flagged_not_true_1e-6": int(np.sum(conv & ~strict))}
+        out["bottom"] = {
+            "s": s,
+            "true_bottom": truth[::-1][:bottom_k],
+            "converged": conv,
+            "residuals": r,
+            "products": res.num_products,
+            "seconds": sw.seconds,
+            "status": str(res.status),
+            "nearest_true_distance": nearest,
+            "flagged_outside_bound": int(np.sum(conv & ~in_bound)),
+            "flagged_not_true_1e-6": int(np.sum(conv & ~strict)),
+        }
     except Exception as e:  # noqa: BLE001
         out["bottom"] = {"error": f"{type(e).__name__}: {e}"}
 
@@ -133,8 +179,9 @@ def sweep(model: dict, k: int, lanczos_budgets, lanczos_basis: int, power_iters,
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
             with C.Stopwatch() as sw:
-                dens = mtj.singular_value_density(J, key=jax.random.key(1), num_probes=slq_probes,
-                                                  num_steps=steps)
+                dens = mtj.singular_value_density(
+                    J, key=jax.random.key(1), num_probes=slq_probes, num_steps=steps
+                )
             dens._check_resolution(lo, hi) if hasattr(dens, "_check_resolution") else None
         spans = {g: (a, b, c) for g, a, b, c in region_spans(lo, hi)}
         per = {g: dens.per_probe_counts(a, b, closed=c) for g, (a, b, c) in spans.items()}
@@ -150,18 +197,26 @@ def sweep(model: dict, k: int, lanczos_budgets, lanczos_basis: int, power_iters,
                 low = np.asarray(bnd[g][0])[: groups * n_p].reshape(groups, n_p).mean(axis=1)
                 high = np.asarray(bnd[g][1])[: groups * n_p].reshape(groups, n_p).mean(axis=1)
                 truth_g = true_counts[g]
-                slq.append({"steps": steps, "probes": n_p, "products": 2 * steps * n_p,
-                            "region": g, "replicates": groups,
-                            "rms_err": float(np.sqrt(np.mean(err**2))),
-                            "bias": float(np.mean(err)),
-                            "mean_stderr": float(np.mean(se)),
-                            "coverage_2se": float(np.mean(np.abs(err) <= 2 * se)),
-                            "bound_width": float(np.mean(high - low)),
-                            "coverage_bounds_2se": float(np.mean(
-                                (low - 2 * se <= truth_g) & (truth_g <= high + 2 * se))),
-                            "rms_err_frac_P": float(np.sqrt(np.mean(err**2)) / P),
-                            "seconds_all_probes": sw.seconds,
-                            "warnings": sorted({str(x.message)[:200] for x in w})})
+                slq.append(
+                    {
+                        "steps": steps,
+                        "probes": n_p,
+                        "products": 2 * steps * n_p,
+                        "region": g,
+                        "replicates": groups,
+                        "rms_err": float(np.sqrt(np.mean(err**2))),
+                        "bias": float(np.mean(err)),
+                        "mean_stderr": float(np.mean(se)),
+                        "coverage_2se": float(np.mean(np.abs(err) <= 2 * se)),
+                        "bound_width": float(np.mean(high - low)),
+                        "coverage_bounds_2se": float(
+                            np.mean((low - 2 * se <= truth_g) & (truth_g <= high + 2 * se))
+                        ),
+                        "rms_err_frac_P": float(np.sqrt(np.mean(err**2)) / P),
+                        "seconds_all_probes": sw.seconds,
+                        "warnings": sorted({str(x.message)[:200] for x in w}),
+                    }
+                )
     out["slq"] = slq
     return out
 
@@ -174,10 +229,16 @@ def run(quick: bool = False, out_dir=None, config: dict | None = None) -> dict:
     for name, model in cfg["models"].items():
         print(f"accuracy: {name} {model}", flush=True)
         kw = {k: v for k, v in cfg.items() if k != "models"}
-        results[name] = C.run_isolated("benchmarks.bench_accuracy:sweep", dict(model=model, **kw),
-                                       timeout=1800)
-    payload = {"benchmark": "accuracy", "quick": quick, "config": cfg,
-               "machine": C.finish_info(info), "results": results}
+        results[name] = C.run_isolated(
+            "benchmarks.bench_accuracy:sweep", dict(model=model, **kw), timeout=1800
+        )
+    payload = {
+        "benchmark": "accuracy",
+        "quick": quick,
+        "config": cfg,
+        "machine": C.finish_info(info),
+        "results": results,
+    }
     return render(payload, out_dir)
 
 
@@ -200,20 +261,33 @@ def table(payload: dict) -> str:
             lines.append(f"{name}: {r.get('status')}: {r.get('why')}\n")
             continue
         m = r["model"]
-        desc = (f"linear regression, n = {m['n']}, P = {r['P']}, T = {r['T']}, float64"
-                if m["kind"] == "linear" else
-                f"digits MLP hidden = {m['hidden']}, P = {r['P']}, T = {r['T']}, float32")
+        desc = (
+            f"linear regression, n = {m['n']}, P = {r['P']}, T = {r['T']}, float64"
+            if m["kind"] == "linear"
+            else f"digits MLP hidden = {m['hidden']}, P = {r['P']}, T = {r['T']}, float32"
+        )
         lines.append(f"#### {desc} (oracle: {r['oracle']}); true counts {r['true_counts']}\n")
-        lines.append(f"Top-{payload['config']['k']}: max relative error against the oracle as the "
-                     "product budget grows. 'outside bound' counts triplets flagged converged "
-                     "whose value is farther from every true singular value than residual/sqrt(2) "
-                     "(should be 0).\n")
-        lines.append(C.markdown_table(r["topk"], [
-            ("method", "method", "{}".format), ("budget", "budget", "{}".format),
-            ("products", "products", "d"), ("max_rel_err", "max rel err", ".1e"),
-            ("num_converged", "flagged converged", "d"),
-            ("max_rel_err_converged", "max rel err (flagged)", ".1e"),
-            ("flagged_but_outside_bound", "outside bound", "d"), ("seconds", "time", C.fmt_s)]))
+        lines.append(
+            f"Top-{payload['config']['k']}: max relative error against the oracle as the "
+            "product budget grows. 'outside bound' counts triplets flagged converged "
+            "whose value is farther from every true singular value than residual/sqrt(2) "
+            "(should be 0).\n"
+        )
+        lines.append(
+            C.markdown_table(
+                r["topk"],
+                [
+                    ("method", "method", "{}".format),
+                    ("budget", "budget", "{}".format),
+                    ("products", "products", "d"),
+                    ("max_rel_err", "max rel err", ".1e"),
+                    ("num_converged", "flagged converged", "d"),
+                    ("max_rel_err_converged", "max rel err (flagged)", ".1e"),
+                    ("flagged_but_outside_bound", "outside bound", "d"),
+                    ("seconds", "time", C.fmt_s),
+                ],
+            )
+        )
         b = r.get("bottom", {})
         if "error" in b:
             lines.append(f"\nBottom-k: failed: {b['error']}\n")
@@ -223,26 +297,40 @@ def table(payload: dict) -> str:
                 f"converged; of those {b['flagged_outside_bound']} farther from every true value "
                 f"than residual/sqrt(2) + 10 eps sigma_1, {b['flagged_not_true_1e-6']} not within "
                 f"1e-6 rel / 1e-10 abs of a true value (the float64 acceptance criterion; "
-                f"float32 rounding alone is ~eps sigma_1); status {b['status']}, {b['products']} products, "
+                f"float32 rounding alone is ~eps sigma_1); status {b['status']}, "
+                f"{b['products']} products, "
                 f"{C.fmt_s(b['seconds'])}. Values: {', '.join(f'{x:.3g}' for x in b['s'])}; true: "
-                f"{', '.join(f'{x:.3g}' for x in b['true_bottom'])}.\n")
-        lines.append("\nRegion counts by SLQ: replicate estimates from disjoint groups of probes. "
-                     "Honest error bars have RMS error ~ mean stderr and ~95% coverage of "
-                     "+-2 stderr (when the bias from too few Lanczos steps is small). "
-                     "'bound width' is the mean width of the guaranteed quadrature bounds "
-                     "(Chebyshev-Markov-Stieltjes: the bias of too few steps cannot exceed "
-                     "them); 'coverage bounds+-2se' is how often the truth lies within them "
-                     "widened by 2 stderr (`RegionCounts.interval`): it should be >= 0.95 "
-                     "at every step count.\n")
-        lines.append(C.markdown_table(r["slq"], [
-            ("steps", "steps", "d"), ("probes", "probes", "d"), ("products", "products", "d"),
-            ("region", "region", "{}".format), ("replicates", "replicates", "d"),
-            ("rms_err", "RMS error", ".1f"), ("bias", "bias", "+.1f"),
-            ("mean_stderr", "mean reported stderr", ".1f"),
-            ("coverage_2se", "coverage +-2se", ".2f"),
-            ("bound_width", "bound width", ".1f"),
-            ("coverage_bounds_2se", "coverage bounds+-2se", ".2f"),
-            ("rms_err_frac_P", "RMS err / P", ".2%")]))
+                f"{', '.join(f'{x:.3g}' for x in b['true_bottom'])}.\n"
+            )
+        lines.append(
+            "\nRegion counts by SLQ: replicate estimates from disjoint groups of probes. "
+            "Honest error bars have RMS error ~ mean stderr and ~95% coverage of "
+            "+-2 stderr (when the bias from too few Lanczos steps is small). "
+            "'bound width' is the mean width of the guaranteed quadrature bounds "
+            "(Chebyshev-Markov-Stieltjes: the bias of too few steps cannot exceed "
+            "them); 'coverage bounds+-2se' is how often the truth lies within them "
+            "widened by 2 stderr (`RegionCounts.interval`): it should be >= 0.95 "
+            "at every step count.\n"
+        )
+        lines.append(
+            C.markdown_table(
+                r["slq"],
+                [
+                    ("steps", "steps", "d"),
+                    ("probes", "probes", "d"),
+                    ("products", "products", "d"),
+                    ("region", "region", "{}".format),
+                    ("replicates", "replicates", "d"),
+                    ("rms_err", "RMS error", ".1f"),
+                    ("bias", "bias", "+.1f"),
+                    ("mean_stderr", "mean reported stderr", ".1f"),
+                    ("coverage_2se", "coverage +-2se", ".2f"),
+                    ("bound_width", "bound width", ".1f"),
+                    ("coverage_bounds_2se", "coverage bounds+-2se", ".2f"),
+                    ("rms_err_frac_P", "RMS err / P", ".2%"),
+                ],
+            )
+        )
         lines.append("")
     return "\n".join(lines)
 
@@ -257,34 +345,49 @@ def plot(payload: dict, out_dir=None) -> None:
     if not res:
         return
     fig, axes = plt.subplots(len(res), 2, figsize=(11, 4 * len(res)), squeeze=False)
-    for (name, r), ax in zip(res.items(), axes):
+    for (name, r), ax in zip(res.items(), axes, strict=False):
         for method, st in (("lanczos", "o-"), ("randomized", "x-")):
             pts = [(t["products"], t["max_rel_err"]) for t in r["topk"] if t["method"] == method]
             if pts:
-                ax[0].loglog(*zip(*pts), st, label=method)
+                ax[0].loglog(*zip(*pts, strict=False), st, label=method)
         ax[0].set_xlabel("operator products")
         ax[0].set_ylabel(f"max relative error, top-{payload['config']['k']}")
         ax[0].set_title(f"{name}, P = {r['P']}")
         ax[0].legend(fontsize=8)
-        for g, col in zip(REGIONS, ("C3", "C0", "C2")):
+        for g, col in zip(REGIONS, ("C3", "C0", "C2"), strict=False):
             for steps in sorted({x["steps"] for x in r["slq"]}):
-                pts = [(x["products"], x["rms_err"], x["mean_stderr"]) for x in r["slq"]
-                       if x["region"] == g and x["steps"] == steps]
+                pts = [
+                    (x["products"], x["rms_err"], x["mean_stderr"])
+                    for x in r["slq"]
+                    if x["region"] == g and x["steps"] == steps
+                ]
                 if not pts:
                     continue
-                p, e, se = zip(*pts)
-                ax[1].loglog(p, e, "o-", color=col, alpha=0.4 + 0.6 * steps / max(
-                    x["steps"] for x in r["slq"]), label=f"{g} RMS err, {steps} steps")
+                p, e, se = zip(*pts, strict=False)
+                ax[1].loglog(
+                    p,
+                    e,
+                    "o-",
+                    color=col,
+                    alpha=0.4 + 0.6 * steps / max(x["steps"] for x in r["slq"]),
+                    label=f"{g} RMS err, {steps} steps",
+                )
                 ax[1].loglog(p, se, "--", color=col, alpha=0.4)
         ax[1].set_xlabel("products per estimate")
         ax[1].set_ylabel("count error (solid: observed RMS; dashed: reported stderr)")
         ax[1].legend(fontsize=6, ncol=2)
     m = payload["machine"]
-    fig.suptitle(f"Accuracy vs budget: {m['cpu']} ({m['cpu_affinity']} cores), jax "
-                 f"{m['versions']['jax']}, {m['date']}", fontsize=8)
+    fig.suptitle(
+        f"Accuracy vs budget: {m['cpu']} ({m['cpu_affinity']} cores), jax "
+        f"{m['versions']['jax']}, {m['date']}",
+        fontsize=8,
+    )
     fig.tight_layout()
-    fig.savefig((C.RESULTS if out_dir is None else C.Path(out_dir))
-                / ("accuracy" + ("_quick" if payload["quick"] else "") + ".png"), dpi=110)
+    fig.savefig(
+        (C.RESULTS if out_dir is None else C.Path(out_dir))
+        / ("accuracy" + ("_quick" if payload["quick"] else "") + ".png"),
+        dpi=110,
+    )
     plt.close(fig)
 
 

@@ -23,10 +23,20 @@ from __future__ import annotations
 from benchmarks import _common as C
 from benchmarks import bench_reference as R
 
-FULL = dict(models=[dict(kind="mlp", hidden=h, num_epochs=1) for h in (64, 128, 256)], k=50,
-            lanczos={}, dense_timeout=5400, topk_timeout=1800)
-QUICK = dict(models=[dict(kind="mlp", hidden=h, num_epochs=1) for h in (16, 32)], k=10,
-             lanczos={}, dense_timeout=300, topk_timeout=300)
+FULL = dict(
+    models=[dict(kind="mlp", hidden=h, num_epochs=1) for h in (64, 128, 256)],
+    k=50,
+    lanczos={},
+    dense_timeout=5400,
+    topk_timeout=1800,
+)
+QUICK = dict(
+    models=[dict(kind="mlp", hidden=h, num_epochs=1) for h in (16, 32)],
+    k=10,
+    lanczos={},
+    dense_timeout=300,
+    topk_timeout=300,
+)
 
 
 def run(quick: bool = False, out_dir=None, config: dict | None = None) -> dict:
@@ -37,19 +47,38 @@ def run(quick: bool = False, out_dir=None, config: dict | None = None) -> dict:
     sizes = []
     for model in cfg["models"]:
         print(f"crossover: {model}", flush=True)
-        cases = {"dense": C.run_isolated("benchmarks._cases:dense",
-                                         dict(model=model, keep_values=False),
-                                         timeout=cfg["dense_timeout"]),
-                 "lanczos": C.run_isolated("benchmarks._cases:topk",
-                                           dict(model=model, k=cfg["k"], method="lanczos",
-                                                opts=cfg["lanczos"], warm=True),
-                                           timeout=cfg["topk_timeout"])}
+        cases = {
+            "dense": C.run_isolated(
+                "benchmarks._cases:dense",
+                dict(model=model, keep_values=False),
+                timeout=cfg["dense_timeout"],
+            ),
+            "lanczos": C.run_isolated(
+                "benchmarks._cases:topk",
+                dict(model=model, k=cfg["k"], method="lanczos", opts=cfg["lanczos"], warm=True),
+                timeout=cfg["topk_timeout"],
+            ),
+        }
         sizes.append({"model": model, "cases": cases})
-        C.write_json("crossover" + tag, {"benchmark": "crossover", "quick": quick, "config": cfg,
-                                         "machine": info, "sizes": sizes, "partial": True},
-                     out_dir)
-    payload = {"benchmark": "crossover", "quick": quick, "config": cfg,
-               "machine": C.finish_info(info), "sizes": sizes}
+        C.write_json(
+            "crossover" + tag,
+            {
+                "benchmark": "crossover",
+                "quick": quick,
+                "config": cfg,
+                "machine": info,
+                "sizes": sizes,
+                "partial": True,
+            },
+            out_dir,
+        )
+    payload = {
+        "benchmark": "crossover",
+        "quick": quick,
+        "config": cfg,
+        "machine": C.finish_info(info),
+        "sizes": sizes,
+    }
     return render(payload, out_dir)
 
 
@@ -65,16 +94,31 @@ def summarise(payload: dict) -> list[dict]:
             continue
         lz = next((r for r in s["rows"] if r["method"].startswith("top_singular lanczos")), None)
         d = size["cases"]["dense"]
-        row = {"hidden": model["hidden"], "P": s["P"], "T": s["T"], "t_train_s": s["t_train_s"],
-               "dense_s": s["dense_s"], "to_dense_s": d["to_dense_s"],
-               "svd_s": d["svd_values_s"], "dense_rss": d.get("rss_peak_above_start_bytes")}
+        row = {
+            "hidden": model["hidden"],
+            "P": s["P"],
+            "T": s["T"],
+            "t_train_s": s["t_train_s"],
+            "dense_s": s["dense_s"],
+            "to_dense_s": d["to_dense_s"],
+            "svd_s": d["svd_values_s"],
+            "dense_rss": d.get("rss_peak_above_start_bytes"),
+        }
         if lz is None or "time_s" not in lz:
             row["note"] = (lz or {}).get("note", "lanczos missing")
         else:
-            row.update({"lanczos_s": lz["time_s"], "lanczos_warm_s": lz["warm_s"],
-                        "speedup": lz["speedup"], "speedup_warm": lz["speedup_warm"],
-                        "products": lz["products"], "rel_err": lz["rel_err"],
-                        "lanczos_rss": lz["peak_rss"], "note": lz["note"]})
+            row.update(
+                {
+                    "lanczos_s": lz["time_s"],
+                    "lanczos_warm_s": lz["warm_s"],
+                    "speedup": lz["speedup"],
+                    "speedup_warm": lz["speedup_warm"],
+                    "products": lz["products"],
+                    "rel_err": lz["rel_err"],
+                    "lanczos_rss": lz["peak_rss"],
+                    "note": lz["note"],
+                }
+            )
         rows.append(row)
     return rows
 
@@ -90,17 +134,33 @@ def render(payload: dict, out_dir=None) -> dict:
 def table(payload: dict) -> str:
     cmd = "python -m benchmarks.run --only crossover" + (" --quick" if payload["quick"] else "")
     k = payload["config"]["k"]
-    lines = [f"### Top-{k}: matrix-free vs dense J + SVD as the model widens (T = 25 steps)\n",
-             C.header_lines(payload["machine"], cmd), "",
-             "Dense = `J.to_dense()` + LAPACK SVD, values only (float64). Lanczos cold includes "
-             "compilation; warm is a second identical call. Error: max relative error of the "
-             f"top-{k} against the dense values.\n"]
-    lines.append(C.markdown_table(payload["summary"], [
-        ("hidden", "hidden", "d"), ("P", "P", "d"), ("t_train_s", "training run", C.fmt_s),
-        ("to_dense_s", "to_dense", C.fmt_s), ("svd_s", "SVD", C.fmt_s),
-        ("dense_rss", "dense peak RSS", C.fmt_bytes), ("lanczos_s", "Lanczos cold", C.fmt_s),
-        ("lanczos_warm_s", "warm", C.fmt_s), ("speedup", "speed-up cold", ".1f"),
-        ("speedup_warm", "speed-up warm", ".1f"), ("products", "products", "d"),
-        ("rel_err", "max rel err", ".1e"), ("lanczos_rss", "Lanczos peak RSS", C.fmt_bytes),
-        ("note", "note", "{}".format)]))
+    lines = [
+        f"### Top-{k}: matrix-free vs dense J + SVD as the model widens (T = 25 steps)\n",
+        C.header_lines(payload["machine"], cmd),
+        "",
+        "Dense = `J.to_dense()` + LAPACK SVD, values only (float64). Lanczos cold includes "
+        "compilation; warm is a second identical call. Error: max relative error of the "
+        f"top-{k} against the dense values.\n",
+    ]
+    lines.append(
+        C.markdown_table(
+            payload["summary"],
+            [
+                ("hidden", "hidden", "d"),
+                ("P", "P", "d"),
+                ("t_train_s", "training run", C.fmt_s),
+                ("to_dense_s", "to_dense", C.fmt_s),
+                ("svd_s", "SVD", C.fmt_s),
+                ("dense_rss", "dense peak RSS", C.fmt_bytes),
+                ("lanczos_s", "Lanczos cold", C.fmt_s),
+                ("lanczos_warm_s", "warm", C.fmt_s),
+                ("speedup", "speed-up cold", ".1f"),
+                ("speedup_warm", "speed-up warm", ".1f"),
+                ("products", "products", "d"),
+                ("rel_err", "max rel err", ".1e"),
+                ("lanczos_rss", "Lanczos peak RSS", C.fmt_bytes),
+                ("note", "note", "{}".format),
+            ],
+        )
+    )
     return "\n".join(lines) + "\n"

@@ -19,8 +19,10 @@ marked warm; the dense time includes the compilation of the chunked forward prod
 Quick mode uses a narrower MLP (hidden = 16, P = 1210) and k = 10 so it fits the time limit.
 
 Run: ``python -m benchmarks.run --only reference`` (``--quick`` for the small version). A subset
-of the cases, always with the dense oracle in the same run:
-``python -c "from benchmarks import bench_reference as B; B.run(config={'cases': ['slq_deflated']})"``.
+of the cases, always with the dense oracle in the same run::
+
+    python -c "from benchmarks import bench_reference as B; \\
+               B.run(config={'cases': ['slq_deflated']})"
 """
 
 from __future__ import annotations
@@ -29,15 +31,28 @@ import numpy as np
 
 from benchmarks import _common as C
 
-FULL = dict(model=dict(kind="mlp", hidden=64, num_epochs=25), k=50,
-            lanczos={}, randomized={"oversample": 50, "power_iters": 3},
-            slq=dict(num_probes=8, num_steps=200), svd_vectors=False,
-            anchors=("arpack", "propack"), lanczos_warm=True, slq_deflated={})
-QUICK = dict(model=dict(kind="mlp", hidden=16, num_epochs=8), k=10,
-             lanczos={}, randomized={"oversample": 20, "power_iters": 3},
-             slq=dict(num_probes=8, num_steps=80), svd_vectors=False,
-             anchors=("arpack",), lanczos_warm=False,
-             slq_deflated=dict(num_probes=4, num_steps=40, num_deflate=10))
+FULL = dict(
+    model=dict(kind="mlp", hidden=64, num_epochs=25),
+    k=50,
+    lanczos={},
+    randomized={"oversample": 50, "power_iters": 3},
+    slq=dict(num_probes=8, num_steps=200),
+    svd_vectors=False,
+    anchors=("arpack", "propack"),
+    lanczos_warm=True,
+    slq_deflated={},
+)
+QUICK = dict(
+    model=dict(kind="mlp", hidden=16, num_epochs=8),
+    k=10,
+    lanczos={},
+    randomized={"oversample": 20, "power_iters": 3},
+    slq=dict(num_probes=8, num_steps=80),
+    svd_vectors=False,
+    anchors=("arpack",),
+    lanczos_warm=False,
+    slq_deflated=dict(num_probes=4, num_steps=40, num_deflate=10),
+)
 
 
 def rel_err(s, s_ref, k):
@@ -61,28 +76,62 @@ def run(quick: bool = False, out_dir=None, config: dict | None = None) -> dict:
             return
         cases[name] = C.run_isolated(target, kw, timeout=timeout)
         # raw results so far, so an interrupted run keeps what it measured
-        C.write_json("reference" + tag, {"benchmark": "reference", "quick": quick, "config": cfg,
-                                         "machine": info, "cases": cases, "partial": True},
-                     out_dir)
+        C.write_json(
+            "reference" + tag,
+            {
+                "benchmark": "reference",
+                "quick": quick,
+                "config": cfg,
+                "machine": info,
+                "cases": cases,
+                "partial": True,
+            },
+            out_dir,
+        )
 
     print(f"reference: dense J + SVD on {model}", flush=True)
     case("dense", "benchmarks._cases:dense", dict(model=model, vectors=cfg["svd_vectors"]), 1800)
     print("reference: matrix-free", flush=True)
-    case("lanczos", "benchmarks._cases:topk",
-         dict(model=model, k=k, method="lanczos", opts=cfg["lanczos"], warm=cfg["lanczos_warm"]),
-         1200)
-    case("randomized", "benchmarks._cases:topk",
-         dict(model=model, k=k, method="randomized", opts=cfg["randomized"]), 1200)
+    case(
+        "lanczos",
+        "benchmarks._cases:topk",
+        dict(model=model, k=k, method="lanczos", opts=cfg["lanczos"], warm=cfg["lanczos_warm"]),
+        1200,
+    )
+    case(
+        "randomized",
+        "benchmarks._cases:topk",
+        dict(model=model, k=k, method="randomized", opts=cfg["randomized"]),
+        1200,
+    )
     case("slq", "benchmarks._cases:regions", dict(model=model, **cfg["slq"]), 1200)
     if cfg.get("slq_deflated") is not None:
-        case("slq_deflated", "benchmarks._cases:spectrum", dict(model=model, **cfg["slq_deflated"]),
-             2400)
+        case(
+            "slq_deflated",
+            "benchmarks._cases:spectrum",
+            dict(model=model, **cfg["slq_deflated"]),
+            2400,
+        )
     for solver in cfg["anchors"]:
-        case(f"svds_{solver}", "benchmarks._cases:svds",
-             dict(model=model, k=k, solver=solver, tol=cfg.get("svds_tol", 1e-6),
-                  maxiter=cfg.get("svds_maxiter", 2000)), cfg.get("svds_timeout", 1200))
-    payload = {"benchmark": "reference", "quick": quick, "config": cfg,
-               "machine": C.finish_info(info), "cases": cases}
+        case(
+            f"svds_{solver}",
+            "benchmarks._cases:svds",
+            dict(
+                model=model,
+                k=k,
+                solver=solver,
+                tol=cfg.get("svds_tol", 1e-6),
+                maxiter=cfg.get("svds_maxiter", 2000),
+            ),
+            cfg.get("svds_timeout", 1200),
+        )
+    payload = {
+        "benchmark": "reference",
+        "quick": quick,
+        "config": cfg,
+        "machine": C.finish_info(info),
+        "cases": cases,
+    }
     return render(payload, out_dir)
 
 
@@ -110,14 +159,30 @@ def summarise(payload: dict) -> dict:
     P = d["P"]
     t_dense = d["total_s"]
     s_dense = np.asarray(d["s_top"])
-    out.update({"P": P, "T": d["T"], "t_train_s": d["t_train_s"], "dense_s": t_dense,
-                "dense_regions": d["regions"]})
+    out.update(
+        {
+            "P": P,
+            "T": d["T"],
+            "t_train_s": d["t_train_s"],
+            "dense_s": t_dense,
+            "dense_regions": d["regions"],
+        }
+    )
     rows = out["rows"]
-    rows.append({"method": "dense J (to_dense) + SVD", "time_s": t_dense, "warm_s": None,
-                 "speedup": 1.0, "products": P, "per_product_s": d["to_dense_s"] / P,
-                 "train_runs": t_dense / d["t_train_s"], "rel_err": 0.0,
-                 "peak_rss": d.get("rss_peak_above_start_bytes"),
-                 "note": f"to_dense {C.fmt_s(d['to_dense_s'])} + SVD {C.fmt_s(d['svd_values_s'])}"})
+    rows.append(
+        {
+            "method": "dense J (to_dense) + SVD",
+            "time_s": t_dense,
+            "warm_s": None,
+            "speedup": 1.0,
+            "products": P,
+            "per_product_s": d["to_dense_s"] / P,
+            "train_runs": t_dense / d["t_train_s"],
+            "rel_err": 0.0,
+            "peak_rss": d.get("rss_peak_above_start_bytes"),
+            "note": f"to_dense {C.fmt_s(d['to_dense_s'])} + SVD {C.fmt_s(d['svd_values_s'])}",
+        }
+    )
     for name in ("lanczos", "randomized", "svds_arpack", "svds_propack"):
         c = cases.get(name)
         if c is None:
@@ -133,18 +198,28 @@ def summarise(payload: dict) -> dict:
             note = f"{int(np.sum(conv))}/{k} flagged converged; status {c.get('solver_status')}"
         if c.get("svds_status"):
             note = c["svds_status"]
-        rows.append({"method": {"lanczos": f"top_singular lanczos k={k}",
-                                "randomized": f"top_singular randomized k={k} {c.get('opts')}",
-                                "svds_arpack": f"scipy svds ARPACK k={k}",
-                                "svds_propack": f"scipy svds PROPACK k={k}"}[name],
-                     "time_s": t, "warm_s": c.get("warm_s"), "speedup": t_dense / t,
-                     "speedup_warm": t_dense / c["warm_s"] if c.get("warm_s") else None,
-                     "products": c["num_products"],
-                     "per_product_s": c.get("warm_s", t) / max(1, c["num_products"]),
-                     "train_runs": t / c["t_train_s"], "rel_err": err,
-                     "peak_rss": c.get("rss_peak_above_start_bytes"), "note": note,
-                     "meets_speed": t_dense / t >= 5.0 if name == "lanczos" else None,
-                     "meets_accuracy": err is not None and err <= 1e-4})
+        rows.append(
+            {
+                "method": {
+                    "lanczos": f"top_singular lanczos k={k}",
+                    "randomized": f"top_singular randomized k={k} {c.get('opts')}",
+                    "svds_arpack": f"scipy svds ARPACK k={k}",
+                    "svds_propack": f"scipy svds PROPACK k={k}",
+                }[name],
+                "time_s": t,
+                "warm_s": c.get("warm_s"),
+                "speedup": t_dense / t,
+                "speedup_warm": t_dense / c["warm_s"] if c.get("warm_s") else None,
+                "products": c["num_products"],
+                "per_product_s": c.get("warm_s", t) / max(1, c["num_products"]),
+                "train_runs": t / c["t_train_s"],
+                "rel_err": err,
+                "peak_rss": c.get("rss_peak_above_start_bytes"),
+                "note": note,
+                "meets_speed": t_dense / t >= 5.0 if name == "lanczos" else None,
+                "meets_accuracy": err is not None and err <= 1e-4,
+            }
+        )
     for name in ("slq", "slq_deflated"):
         if cases.get(name):
             out[name] = _slq_summary(cases[name], d, P, t_dense)
@@ -160,25 +235,38 @@ def _slq_summary(sl: dict, d: dict, P: int, t_dense: float) -> dict:
         se = {g: r["stderr"][g] / P for g in ("chaotic", "bulk", "stable")}
         return {
             "counts": {g: r[g] for g in ("chaotic", "bulk", "stable")},
-            "stderr": r["stderr"], "dense": dr, "abs_err_frac_P": errs, "stderr_frac_P": se,
-            "time_s": sl["cold_s"], "products": sl["num_products"],
+            "stderr": r["stderr"],
+            "dense": dr,
+            "abs_err_frac_P": errs,
+            "stderr_frac_P": se,
+            "time_s": sl["cold_s"],
+            "products": sl["num_products"],
             "per_product_s": sl["cold_s"] / sl["num_products"],
-            "num_probes": sl["num_probes"], "num_steps": r.get("num_steps") or sl["num_steps"],
+            "num_probes": sl["num_probes"],
+            "num_steps": r.get("num_steps") or sl["num_steps"],
             "num_deflated": r.get("num_deflated"),
             "warnings": r.get("warnings", []),
             "meets_stderr": max(se.values()) <= 0.005,
             "meets_time": sl["cold_s"] <= t_dense,
             "meets_1pct": max(errs.values()) <= 0.01,
-            "z": {g: (r[g] - dr[g]) / r["stderr"][g] if r["stderr"][g] > 0 else None
-                  for g in ("chaotic", "bulk", "stable")},
+            "z": {
+                g: (r[g] - dr[g]) / r["stderr"][g] if r["stderr"][g] > 0 else None
+                for g in ("chaotic", "bulk", "stable")
+            },
             "peak_rss": sl.get("rss_peak_above_start_bytes"),
             "num_deflate": sl.get("num_deflate"),
             "bounds": r.get("bounds"),
             # the dense count within the guaranteed quadrature bounds widened by 2 stderr?
-            "dense_in_range": None if not r.get("bounds") else {
-                g: bool(r["bounds"][g][0] - 2 * r["stderr"][g] <= dr[g]
-                        <= r["bounds"][g][1] + 2 * r["stderr"][g])
-                for g in ("chaotic", "bulk", "stable")},
+            "dense_in_range": None
+            if not r.get("bounds")
+            else {
+                g: bool(
+                    r["bounds"][g][0] - 2 * r["stderr"][g]
+                    <= dr[g]
+                    <= r["bounds"][g][1] + 2 * r["stderr"][g]
+                )
+                for g in ("chaotic", "bulk", "stable")
+            },
         }
     return {"failed": f"{sl.get('status')}: {sl.get('why')}"}
 
@@ -187,52 +275,93 @@ def table(payload: dict) -> str:
     s = payload["summary"]
     cfg = payload["config"]
     cmd = "python -m benchmarks.run --only reference" + (" --quick" if payload["quick"] else "")
-    lines = [f"### Matrix-free vs dense on the digits MLP (hidden = {cfg['model']['hidden']}, "
-             f"P = {s.get('P')}, T = {s.get('T')}, float32)\n",
-             C.header_lines(payload["machine"], cmd), ""]
+    lines = [
+        f"### Matrix-free vs dense on the digits MLP (hidden = {cfg['model']['hidden']}, "
+        f"P = {s.get('P')}, T = {s.get('T')}, float32)\n",
+        C.header_lines(payload["machine"], cmd),
+        "",
+    ]
     if "dense_failed" in s:
         lines.append(f"Dense oracle failed: {s['dense_failed']}\n")
         return "\n".join(lines)
-    lines.append(f"One training run: {C.fmt_s(s['t_train_s'])}. Top-{cfg['k']} singular values; "
-                 "errors are max relative error against the dense SVD. Times are cold (first "
-                 "call, compilation included); 'warm' is a second identical call.\n")
-    lines.append(C.markdown_table(s["rows"], [
-        ("method", "method", "{}".format), ("time_s", "wall", C.fmt_s),
-        ("warm_s", "warm", C.fmt_s), ("speedup", "speed-up vs dense", ".2f"),
-        ("products", "products", "d"), ("per_product_s", "time / product", C.fmt_s),
-        ("train_runs", "x training runs", ".0f"), ("rel_err", "max rel err", ".1e"),
-        ("peak_rss", "peak RSS above setup", C.fmt_bytes), ("note", "note", "{}".format)]))
-    for name, title in (("slq", "plain SLQ"),
-                        ("slq_deflated", "analysis.spectrum_summary default: top triplets "
-                                         "deflated, then SLQ")):
+    lines.append(
+        f"One training run: {C.fmt_s(s['t_train_s'])}. Top-{cfg['k']} singular values; "
+        "errors are max relative error against the dense SVD. Times are cold (first "
+        "call, compilation included); 'warm' is a second identical call.\n"
+    )
+    lines.append(
+        C.markdown_table(
+            s["rows"],
+            [
+                ("method", "method", "{}".format),
+                ("time_s", "wall", C.fmt_s),
+                ("warm_s", "warm", C.fmt_s),
+                ("speedup", "speed-up vs dense", ".2f"),
+                ("products", "products", "d"),
+                ("per_product_s", "time / product", C.fmt_s),
+                ("train_runs", "x training runs", ".0f"),
+                ("rel_err", "max rel err", ".1e"),
+                ("peak_rss", "peak RSS above setup", C.fmt_bytes),
+                ("note", "note", "{}".format),
+            ],
+        )
+    )
+    for name, title in (
+        ("slq", "plain SLQ"),
+        ("slq_deflated", "analysis.spectrum_summary default: top triplets deflated, then SLQ"),
+    ):
         sl = s.get(name)
         if sl and "failed" not in sl:
             rows = []
             for g in ("chaotic", "bulk", "stable"):
-                rows.append({"region": g, "slq": sl["counts"][g], "stderr": sl["stderr"][g],
-                             "dense": sl["dense"][g], "err": sl["abs_err_frac_P"][g] * 100,
-                             "se": sl["stderr_frac_P"][g] * 100, "z": sl["z"][g],
-                             "bounds": ("[{:.0f}, {:.0f}]".format(*sl["bounds"][g])
-                                        if sl.get("bounds") else None),
-                             "in_range": (sl["dense_in_range"][g]
-                                          if sl.get("dense_in_range") else None)})
-            defl = (f"{sl['num_deflated']} triplets deflated, " if sl.get("num_deflated")
-                    else "")
-            lines.append(f"\nRegion counts ({title}, {defl}{sl['num_probes']} probes x "
-                         f"{sl['num_steps']} steps; {sl['products']} products in all, "
-                         f"{C.fmt_s(sl['time_s'])}, "
-                         f"{C.fmt_s(sl['per_product_s'])} per product; dense J + SVD "
-                         f"{C.fmt_s(s['dense_s'])}):\n")
-            lines.append(C.markdown_table(rows, [
-                ("region", "region", "{}".format), ("slq", "SLQ", ".1f"), ("stderr", "stderr", ".1f"),
-                ("dense", "dense", "d"), ("err", "|error| (% of P)", ".2f"),
-                ("se", "stderr (% of P)", ".2f"), ("z", "error / stderr", "+.2f"),
-                ("bounds", "quadrature bounds", C.fmt),
-                ("in_range", "dense in bounds +- 2 stderr", C.fmt)]))
-            lines.append(f"\nstderr <= 0.5% of P: {C.fmt(sl['meets_stderr'])}; time <= dense: "
-                         f"{C.fmt(sl['meets_time'])}; within 1% of P of dense: "
-                         f"{C.fmt(sl['meets_1pct'])}."
-                         + (f" Warnings: {'; '.join(sl['warnings'])}" if sl["warnings"] else "") + "\n")
+                rows.append(
+                    {
+                        "region": g,
+                        "slq": sl["counts"][g],
+                        "stderr": sl["stderr"][g],
+                        "dense": sl["dense"][g],
+                        "err": sl["abs_err_frac_P"][g] * 100,
+                        "se": sl["stderr_frac_P"][g] * 100,
+                        "z": sl["z"][g],
+                        "bounds": (
+                            "[{:.0f}, {:.0f}]".format(*sl["bounds"][g])
+                            if sl.get("bounds")
+                            else None
+                        ),
+                        "in_range": (sl["dense_in_range"][g] if sl.get("dense_in_range") else None),
+                    }
+                )
+            defl = f"{sl['num_deflated']} triplets deflated, " if sl.get("num_deflated") else ""
+            lines.append(
+                f"\nRegion counts ({title}, {defl}{sl['num_probes']} probes x "
+                f"{sl['num_steps']} steps; {sl['products']} products in all, "
+                f"{C.fmt_s(sl['time_s'])}, "
+                f"{C.fmt_s(sl['per_product_s'])} per product; dense J + SVD "
+                f"{C.fmt_s(s['dense_s'])}):\n"
+            )
+            lines.append(
+                C.markdown_table(
+                    rows,
+                    [
+                        ("region", "region", "{}".format),
+                        ("slq", "SLQ", ".1f"),
+                        ("stderr", "stderr", ".1f"),
+                        ("dense", "dense", "d"),
+                        ("err", "|error| (% of P)", ".2f"),
+                        ("se", "stderr (% of P)", ".2f"),
+                        ("z", "error / stderr", "+.2f"),
+                        ("bounds", "quadrature bounds", C.fmt),
+                        ("in_range", "dense in bounds +- 2 stderr", C.fmt),
+                    ],
+                )
+            )
+            lines.append(
+                f"\nstderr <= 0.5% of P: {C.fmt(sl['meets_stderr'])}; time <= dense: "
+                f"{C.fmt(sl['meets_time'])}; within 1% of P of dense: "
+                f"{C.fmt(sl['meets_1pct'])}."
+                + (f" Warnings: {'; '.join(sl['warnings'])}" if sl["warnings"] else "")
+                + "\n"
+            )
         elif sl:
             lines.append(f"\n{title} region counts failed: {sl['failed']}\n")
     return "\n".join(lines)
@@ -266,18 +395,29 @@ def plot(payload: dict, out_dir=None) -> None:
     ax[1].hist(np.clip(s, 0, bins[-1]), bins=bins, color="0.7", label="dense (exact)")
     if sl and sl.get("status") == "ok":
         r = sl["runs"][0]
-        txt = "\n".join(f"{g}: {r[g]:.0f} +- {r['stderr'][g]:.0f} (dense {d['regions'][g]})"
-                        for g in ("chaotic", "bulk", "stable"))
-        ax[1].text(0.98, 0.97, "SLQ counts\n" + txt, transform=ax[1].transAxes, ha="right",
-                   va="top", fontsize=8)
+        txt = "\n".join(
+            f"{g}: {r[g]:.0f} +- {r['stderr'][g]:.0f} (dense {d['regions'][g]})"
+            for g in ("chaotic", "bulk", "stable")
+        )
+        ax[1].text(
+            0.98,
+            0.97,
+            "SLQ counts\n" + txt,
+            transform=ax[1].transAxes,
+            ha="right",
+            va="top",
+            fontsize=8,
+        )
     ax[1].axvline(0.9, color="r", lw=0.8)
     ax[1].axvline(1.1, color="r", lw=0.8)
     ax[1].set_xlabel("singular value (clipped at 3)")
     ax[1].set_ylabel("count")
     ax[1].set_title("Regions: stable < 0.9 <= bulk <= 1.1 < chaotic")
     m = payload["machine"]
-    fig.suptitle(f"{m['cpu']} ({m['cpu_affinity']} cores), jax {m['versions']['jax']}, "
-                 f"{m['date']}", fontsize=8)
+    fig.suptitle(
+        f"{m['cpu']} ({m['cpu_affinity']} cores), jax {m['versions']['jax']}, {m['date']}",
+        fontsize=8,
+    )
     fig.tight_layout()
     name = "reference" + ("_quick" if payload["quick"] else "") + ".png"
     fig.savefig((C.RESULTS if out_dir is None else C.Path(out_dir)) / name, dpi=110)

@@ -32,28 +32,53 @@ PARTS = ("products", "reference", "crossover", "scaling", "accuracy", "gpu")
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--quick", action="store_true", help="small sizes: < 10 min on 2 CPU cores")
-    p.add_argument("--only", nargs="+", choices=PARTS, default=None, metavar="PART",
-                   help=f"parts to run (default all): {', '.join(PARTS)}")
-    p.add_argument("--skip", nargs="+", choices=PARTS, default=(), metavar="PART",
-                   help="parts to leave out")
-    p.add_argument("--scaling", nargs="+", choices=("p", "t"), default=("p", "t"),
-                   help="which halves of the scaling part (P, T)")
-    p.add_argument("--dense-budget", type=float, default=None,
-                   help="seconds the dense route may take in the P scan (default 600, quick 60)")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=PARTS,
+        default=None,
+        metavar="PART",
+        help=f"parts to run (default all): {', '.join(PARTS)}",
+    )
+    p.add_argument(
+        "--skip", nargs="+", choices=PARTS, default=(), metavar="PART", help="parts to leave out"
+    )
+    p.add_argument(
+        "--scaling",
+        nargs="+",
+        choices=("p", "t"),
+        default=("p", "t"),
+        help="which halves of the scaling part (P, T)",
+    )
+    p.add_argument(
+        "--dense-budget",
+        type=float,
+        default=None,
+        help="seconds the dense route may take in the P scan (default 600, quick 60)",
+    )
     p.add_argument("--out", type=Path, default=None, help="results directory")
-    p.add_argument("--render", action="store_true",
-                   help="measure nothing: rebuild tables and plots from the saved JSON")
+    p.add_argument(
+        "--render",
+        action="store_true",
+        help="measure nothing: rebuild tables and plots from the saved JSON",
+    )
     a = p.parse_args(argv)
     parts = [x for x in (a.only or PARTS) if x not in a.skip]
     if a.render:
         return render(parts, a.quick, a.out)
     ok, why = C.solvers_available()
     t0 = time.perf_counter()
-    print(f"benchmarks: {', '.join(parts)} ({'quick' if a.quick else 'full'}) at {C.utc_now()}, "
-          f"load {C.load_average()}", flush=True)
+    print(
+        f"benchmarks: {', '.join(parts)} ({'quick' if a.quick else 'full'}) at {C.utc_now()}, "
+        f"load {C.load_average()}",
+        flush=True,
+    )
     for part in parts:
         t = time.perf_counter()
         print(f"\n== {part} ==", flush=True)
@@ -85,24 +110,32 @@ def main(argv=None) -> int:
 
             B.run(quick=a.quick, out_dir=a.out)
         print(f"== {part} done in {time.perf_counter() - t:.0f} s ==", flush=True)
-    print(f"\nall done in {time.perf_counter() - t0:.0f} s at {C.utc_now()}, load "
-          f"{C.load_average()}", flush=True)
+    print(
+        f"\nall done in {time.perf_counter() - t0:.0f} s at {C.utc_now()}, load {C.load_average()}",
+        flush=True,
+    )
     return 0
 
 
 def render(parts, quick: bool, out_dir) -> int:
     import json
 
-    from benchmarks import (bench_accuracy, bench_crossover, bench_products, bench_reference,
-                            bench_scaling)
+    from benchmarks import (
+        bench_accuracy,
+        bench_crossover,
+        bench_products,
+        bench_reference,
+        bench_scaling,
+    )
 
     tag = "_quick" if quick else ""
-    renderers = {"products": [("products", bench_products.render)],
-                 "reference": [("reference", bench_reference.render)],
-                 "crossover": [("crossover", bench_crossover.render)],
-                 "scaling": [("scaling_p", bench_scaling.render_p),
-                             ("scaling_t", bench_scaling.render_t)],
-                 "accuracy": [("accuracy", bench_accuracy.render)]}
+    renderers = {
+        "products": [("products", bench_products.render)],
+        "reference": [("reference", bench_reference.render)],
+        "crossover": [("crossover", bench_crossover.render)],
+        "scaling": [("scaling_p", bench_scaling.render_p), ("scaling_t", bench_scaling.render_t)],
+        "accuracy": [("accuracy", bench_accuracy.render)],
+    }
     for part in parts:
         for name, fn in renderers.get(part, []):
             path = Path(out_dir or C.RESULTS) / f"{name}{tag}.json"

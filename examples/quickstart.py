@@ -4,7 +4,7 @@ Builds the reference run (digits, 64-hidden GELU MLP, 625 SGD steps), wraps
 J = d theta_T / d theta_0 as an operator, times one forward and one reverse product, checks
 the adjoint identity, and prints the top singular values found by Lanczos.
 
-    python examples/quickstart.py            # reference model (P = 4810), ~1-2 minutes on 2 CPU cores
+    python examples/quickstart.py            # reference model (P = 4810), ~1-2 min on 2 CPU cores
     python examples/quickstart.py --quick    # a tiny model, seconds
 """
 
@@ -53,7 +53,8 @@ def main(argv=None):
     for i in range(args.k):
         flag = "converged" if bool(top.converged[i]) else "NOT converged"
         print(
-            f"  sigma_{i + 1:<3d} = {float(top.s[i]):10.5f}   residual {float(top.residuals[i]):.1e}  {flag}"
+            f"  sigma_{i + 1:<3d} = {float(top.s[i]):10.5f}   "
+            f"residual {float(top.residuals[i]):.1e}  {flag}"
         )
 
 

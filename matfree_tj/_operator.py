@@ -68,9 +68,20 @@ def _finite_or_raise(y: jax.Array, what: str) -> jax.Array:
     )
     if isinstance(y, jax.core.Tracer):  # under jit/vmap: a runtime check that raises on the host
         return eqx.error_if(y, ~jnp.all(jnp.isfinite(y)), msg)
-    if not bool(jnp.all(jnp.isfinite(y))):
+    if not bool(_all_finite(y)):
         raise FloatingPointError(msg)
     return y
+
+
+@jax.jit
+def _all_finite(y: jax.Array) -> jax.Array:
+    return jnp.all(jnp.isfinite(y))
+
+
+def _compiled(fn: Callable) -> bool:
+    """Whether ``fn`` is already a compiled product (a ``jax.jit`` function, or a callable
+    that says so with ``compiled = True``)."""
+    return hasattr(fn, "lower") or getattr(fn, "compiled", False) is True
 
 
 def _chunked_vmap(fn: Callable, X: jax.Array, chunk_size: int) -> jax.Array:
@@ -175,8 +186,11 @@ class LinearOperator(eqx.Module):
             raise ValueError(f"shape must be (m, n) with m, n >= 1, got {shape}.")
         if int(chunk_size) < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
-        self.mv_fn = mv
-        self.rmv_fn = rmv
+        # Products are compiled once per operator (jax.jit caches by function): eager callers
+        # (the Lanczos driver, residual checks, scipy) then reuse one executable, and inside
+        # another jit a jitted function is simply inlined.
+        self.mv_fn = mv if _compiled(mv) else jax.jit(mv)
+        self.rmv_fn = rmv if _compiled(rmv) else jax.jit(rmv)
         self.shape = shape
         self.dtype = jnp.dtype(dtype)
         self.chunk_size = int(chunk_size)

@@ -251,9 +251,9 @@ def region_counts(
         ``num_products``, ``method``, ``step_change`` (change of each count from
         ``num_steps // 2`` to ``num_steps`` steps: the quadrature's convergence), ``bounds``
         (guaranteed range of each count's probe average given the quadrature: its bias
-        cannot exceed them), ``interval(name)`` (bounds widened by 2 stderr), ``alignment``
-        (mean ``cos(u_i, v_i)`` per region with its stderr, from the same quadrature; dense:
-        ``None``), ``to_dict()``.
+        cannot exceed them), ``interval(name)`` (bounds widened by a 95% Student-t multiple
+        of the stderr), ``alignment`` (mean ``cos(u_i, v_i)`` per region with its stderr,
+        from the same quadrature; dense: ``None``), ``to_dict()``.
 
     Cost (slq): ``2 num_steps num_probes`` products.
 

@@ -92,7 +92,7 @@ from ._analysis_overlap import (
 )
 from ._dense import DenseSVD, dense_svd
 from ._operator import LinearOperator, add_identity
-from ._results import count_interval
+from ._results import count_interval, probe_quantile
 from ._train import make_train_fn
 
 __all__ = [
@@ -198,12 +198,16 @@ class SpectrumSummary:
     seconds: float
     settings: dict | None = None
 
-    def interval(self, name: str, z: float = 2.0) -> tuple[float, float]:
+    def interval(self, name: str, z: float | None = None) -> tuple[float, float]:
         """``(low, high)`` for a region's count: the quadrature bounds widened by ``z``
-        standard errors (:meth:`matfree_tj.RegionCounts.interval`); dense: the exact count."""
+        standard errors (default: the 95% Student-t quantile for the number of probes; see
+        :meth:`matfree_tj.RegionCounts.interval`); dense: the exact count."""
         if name not in REGIONS:
             raise KeyError(f"region must be one of {REGIONS}, got {name!r}.")
-        qb = (self.settings or {}).get("quadrature_bounds")
+        settings = self.settings or {}
+        qb = settings.get("quadrature_bounds")
+        if z is None:
+            z = probe_quantile(settings.get("num_probes"))
         return count_interval(self.counts[name], None if qb is None else qb[name],
                               self.stderr[name], self.num_params, z)
 

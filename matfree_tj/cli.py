@@ -276,7 +276,7 @@ def _spectrum(args, parser) -> int:
         f"training Jacobian of the digits MLP (hidden={cfg.hidden}, {cfg.optimizer}, "
         f"seed={cfg.seed}): P = {P}, backend = {args.backend}"
     )
-    print(f"{'region':<8} | {'count':>10} | {'stderr':>8} | {'range (bounds +- 2 stderr)':>26}")
+    print(f"{'region':<8} | {'count':>10} | {'stderr':>8} | {'95% range':>26}")
     print(f"{'-' * 8}-+-{'-' * 10}-+-{'-' * 8}-+-{'-' * 26}")
     where = {
         "chaotic": f"> {args.hi:g}",
@@ -298,7 +298,7 @@ def _spectrum(args, parser) -> int:
     qb = (summ.settings or {}).get("quadrature_bounds")
     if qb:
         print("quadrature bounds (guaranteed range of each count's probe average whatever the "
-              "steps; add 2 stderr for the probes): "
+              "steps; the 95% range adds t-quantile x stderr for the probes): "
               + ", ".join(f"{r} [{qb[r][0]:.0f}, {qb[r][1]:.0f}]" for r in an.REGIONS))
     al = (summ.settings or {}).get("alignment")
     if al:

@@ -119,14 +119,23 @@ def test_block_products_match_columns(tiny_sgd):
         np.testing.assert_allclose(RMV[:, i], J.rmv(V[:, i]), rtol=1e-12, atol=1e-12)
 
 
-def test_no_recompilation_on_second_call(tiny_sgd):
+def test_no_recompilation_on_second_call(tiny_sgd, caplog):
     _, J = tiny_sgd
     P = J.shape[0]
-    for _ in range(2):
-        J.mv(jnp.ones(P))
-        J.rmv(jnp.ones(P))
-    assert J.mv_fn._cache_size() == 1
-    assert J.rmv_fn._cache_size() == 1
+    assert J.cached == {"forward": True, "reverse": True}
+    J.mv(jnp.ones(P))
+    J.rmv(jnp.ones(P))
+    with jax.log_compiles(), caplog.at_level("DEBUG"):
+        J.mv(2 * jnp.ones(P))
+        J.rmv(2 * jnp.ones(P))
+    compiles = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
+    assert not [c for c in compiles if "cached" in c or "lambda" in c], compiles
+    # a solver reuses the operator's compiled products: none is compiled into its kernels
+    caplog.clear()
+    with jax.log_compiles(), caplog.at_level("DEBUG"):
+        mtj.top_singular(J, 2, key=jax.random.key(0), num_basis=8)
+    compiles = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
+    assert not [c for c in compiles if "cached" in c or "lambda" in c], compiles
 
 
 def test_eager_block_products_trace_once_and_free_the_operator():

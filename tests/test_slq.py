@@ -159,8 +159,10 @@ def test_quadrature_bounds_hold_per_probe(x64):
         lower, upper = rc.bounds[name]
         assert lower <= rc[name] <= upper
         lo2, hi2 = rc.interval(name)
-        assert lo2 == pytest.approx(max(lower - 2 * rc.stderr[name], 0.0))
-        assert hi2 == pytest.approx(min(upper + 2 * rc.stderr[name], P))
+        z = 2.7764451051977987  # Student-t 97.5% quantile, 4 degrees of freedom (5 probes)
+        assert lo2 == pytest.approx(max(lower - z * rc.stderr[name], 0.0))
+        assert hi2 == pytest.approx(min(upper + z * rc.stderr[name], P))
+        assert rc.interval(name, z=2.0)[1] == pytest.approx(min(upper + 2 * rc.stderr[name], P))
     assert rc.to_dict()["bounds"]["bulk"] == list(rc.bounds["bulk"])
 
 
