@@ -349,13 +349,13 @@ def _plot_spectrum(summ, out: str) -> str | None:
     )
     from .analysis import REGIONS
 
-    ax[1].bar(
-        REGIONS,
-        [summ.counts[r] for r in REGIONS],
-        yerr=[2 * summ.stderr[r] for r in REGIONS],
-        capsize=4,
-    )
-    ax[1].set(ylabel="count (± 2 stderr)", title="regions")
+    # error bars: the 95% range (guaranteed quadrature bounds widened by the Student-t
+    # multiple of the probes' stderr), not the stderr alone, which misses the quadrature bias
+    counts = np.array([summ.counts[r] for r in REGIONS])
+    ranges = np.array([summ.interval(r) for r in REGIONS])
+    yerr = np.clip(np.stack([counts - ranges[:, 0], ranges[:, 1] - counts]), 0.0, None)
+    ax[1].bar(REGIONS, counts, yerr=yerr, capsize=4)
+    ax[1].set(ylabel="count (95% range)", title="regions")
     fig.tight_layout()
     path = os.path.join(out, f"spectrum_{summ.backend.replace('-', '')}.png")
     fig.savefig(path, dpi=80)
