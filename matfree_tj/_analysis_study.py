@@ -604,12 +604,21 @@ def _figures(results: dict, out: str) -> list[str]:
         if regions:  # mean cos per region: exact (dense) or the SLQ estimate +- 2 stderr
             s_lo = max(min(al["bottom_s"] + al["top_s"]), 1e-9)
             s_hi = max(al["top_s"] + al["bottom_s"])
-            spans = {"stable": (s_lo, sp["lo"]), "bulk": (sp["lo"], sp["hi"]),
-                     "chaotic": (sp["hi"], max(s_hi, sp["hi"]))}
+            spans = {
+                "stable": (s_lo, sp["lo"]),
+                "bulk": (sp["lo"], sp["hi"]),
+                "chaotic": (sp["hi"], max(s_hi, sp["hi"])),
+            }
             for i, (name, (a, c)) in enumerate(spans.items()):
                 m, se = regions[name]
-                ax.hlines(m, a, c, colors="k", lw=2,
-                          label="region mean" + (" +- 2 stderr" if se else "") if i == 0 else None)
+                ax.hlines(
+                    m,
+                    a,
+                    c,
+                    colors="k",
+                    lw=2,
+                    label="region mean" + (" +- 2 stderr" if se else "") if i == 0 else None,
+                )
                 if se:
                     ax.fill_between([a, c], m - 2 * se, m + 2 * se, color="k", alpha=0.2, lw=0)
         ax.set(xscale="log", xlabel="sigma_i", ylabel="cos(u_i, v_i)", title=f"alignment ({b})")

@@ -245,10 +245,14 @@ gkl_cycle = eqx.filter_jit(_gkl_cycle)
 # and shared by every operator). The bases are donated: each step extends them in place. Plain
 # jax.jit: its dispatch costs ~0.4 ms per call against ~0.65 ms for eqx.filter_jit (measured,
 # P = 9610), which matters when a product costs about a millisecond.
-_left_step_jit = {r: jax.jit(functools.partial(_left_step, replace=r), donate_argnums=(0, 1))
-                  for r in (True, False)}
-_right_step_jit = {r: jax.jit(functools.partial(_right_step, replace=r), donate_argnums=(0,))
-                   for r in (True, False)}
+_left_step_jit = {
+    r: jax.jit(functools.partial(_left_step, replace=r), donate_argnums=(0, 1))
+    for r in (True, False)
+}
+_right_step_jit = {
+    r: jax.jit(functools.partial(_right_step, replace=r), donate_argnums=(0,))
+    for r in (True, False)
+}
 
 
 def _raw_products(op: LinearOperator):
@@ -262,8 +266,7 @@ def _raw_products(op: LinearOperator):
     return op.mv, op.rmv
 
 
-def _gkl_cycle_eager(op: LinearOperator, Ut, Vt, R, start: int, seed: float,
-                     replace: bool = True):
+def _gkl_cycle_eager(op: LinearOperator, Ut, Vt, R, start: int, seed: float, replace: bool = True):
     """:func:`gkl_cycle` driven from Python: the operator's own products (``op.mv``,
     ``op.rmv``, each compiled once per operator and reused by every solver and restart) between
     compiled half-steps. Compiling the products into each solver kernel cost seconds per kernel
@@ -322,8 +325,9 @@ def gkl_block_cycle(op: LinearOperator, Ut, Vt, R, start, seed, block_size: int)
             norm_in = jnp.linalg.norm(w)
             mask = (rows_u < o + i).astype(dtype)
             w, c = _orth2(Ut, w, mask)
-            u, alpha, _ = _normalise_or_replace(Ut, w, mask, norm_in, key + 3.0 * (o + i), dtype,
-                                                True)
+            u, alpha, _ = _normalise_or_replace(
+                Ut, w, mask, norm_in, key + 3.0 * (o + i), dtype, True
+            )
             Ut = Ut.at[o + i].set(u)
             R = R.at[:, o + i].set(c.at[o + i].set(alpha))
             return Ut, R
@@ -339,8 +343,9 @@ def gkl_block_cycle(op: LinearOperator, Ut, Vt, R, start, seed, block_size: int)
             row = o + b + i
             mask = (rows_v < row).astype(dtype)
             z, d = _orth2(Vt, z, mask)
-            v, beta, _ = _normalise_or_replace(Vt, z, mask, norm_in, key + 3.0 * row + 1.0, dtype,
-                                               True)
+            v, beta, _ = _normalise_or_replace(
+                Vt, z, mask, norm_in, key + 3.0 * row + 1.0, dtype, True
+            )
             Vt = Vt.at[row].set(v)
             d = d.at[row].set(beta)
             # coefficients of A^T u on the rows beyond m (nonzero only in the last block)
@@ -474,8 +479,22 @@ def _check_v0(v0, N, dtype):
     return v0.astype(dtype)
 
 
-def _lanczos_svd(op, k, *, key, which, tol, atol, num_basis, keep, max_products, v0,
-                 block_size=1, progress=None, stop_below=None):
+def _lanczos_svd(
+    op,
+    k,
+    *,
+    key,
+    which,
+    tol,
+    atol,
+    num_basis,
+    keep,
+    max_products,
+    v0,
+    block_size=1,
+    progress=None,
+    stop_below=None,
+):
     M, N = op.shape
     dtype = op.dtype
     r = min(M, N)
@@ -701,8 +720,16 @@ def top_singular(
 
         if num_basis is not None or keep is not None or v0 is not None:
             raise TypeError("num_basis, keep and v0 are options of method='lanczos'.")
-        return randomized_svd(op, k, key=key, tol=tol, atol=atol, max_products=max_products,
-                              block_size=block_size, **opts)
+        return randomized_svd(
+            op,
+            k,
+            key=key,
+            tol=tol,
+            atol=atol,
+            max_products=max_products,
+            block_size=block_size,
+            **opts,
+        )
     if method != "lanczos":
         raise ValueError(f"method must be 'lanczos' or 'randomized', got {method!r}.")
     if opts:
@@ -734,8 +761,22 @@ def top_singular(
     )
 
 
-def _run(op, k, *, key, which, tol, atol, m, keep, max_products, v0, block_size=1,
-         progress=None, verify=False):
+def _run(
+    op,
+    k,
+    *,
+    key,
+    which,
+    tol,
+    atol,
+    m,
+    keep,
+    max_products,
+    v0,
+    block_size=1,
+    progress=None,
+    verify=False,
+):
     M, N = op.shape
     if M < N:
         # Wide: run on A^T (tall), whose right Krylov basis can become complete, and swap
@@ -743,9 +784,21 @@ def _run(op, k, *, key, which, tol, atol, m, keep, max_products, v0, block_size=
         if v0 is not None:
             v0 = _check_v0(v0, N, op.dtype)
             v0 = op.mv(v0)
-        res = _run(Swapped(op), k, key=key, which=which, tol=tol, atol=atol, m=m, keep=keep,
-                   max_products=max_products, v0=v0, block_size=block_size, progress=progress,
-                   verify=verify)
+        res = _run(
+            Swapped(op),
+            k,
+            key=key,
+            which=which,
+            tol=tol,
+            atol=atol,
+            m=m,
+            keep=keep,
+            max_products=max_products,
+            v0=v0,
+            block_size=block_size,
+            progress=progress,
+            verify=verify,
+        )
         return dataclasses.replace(res, U=res.V, V=res.U)
     b = check_int("block_size", block_size, 1, max(1, min(op.shape) // 2), "min(shape) // 2")
     if b > 1:
@@ -761,8 +814,11 @@ def _run(op, k, *, key, which, tol, atol, m, keep, max_products, v0, block_size=
                 f"most min(shape) - b = {r - b}) must hold k + b = {k + b} vectors; got {m}. "
                 "Increase num_basis or use a smaller block_size."
             )
-        keep0 = _default_keep(k, m) if keep is None else check_int("keep", keep, k, m - 1,
-                                                                   "num_basis - 1")
+        keep0 = (
+            _default_keep(k, m)
+            if keep is None
+            else check_int("keep", keep, k, m - 1, "num_basis - 1")
+        )
         keep = m - b * max(1, (m - keep0) // b)  # >= min(keep0, m - b) >= k
     else:
         if keep is None:
@@ -791,8 +847,9 @@ def _run(op, k, *, key, which, tol, atol, m, keep, max_products, v0, block_size=
         progress=progress,
     )
     if verify and which == "largest" and res.status == "converged" and k < min(op.shape):
-        res = _find_missed_top(op, res, key=k_check, tol=tol, atol=atol,
-                               max_products=max_products, progress=progress)
+        res = _find_missed_top(
+            op, res, key=k_check, tol=tol, atol=atol, max_products=max_products, progress=progress
+        )
     return res
 
 
@@ -834,9 +891,19 @@ def _find_missed_top(op, res, *, key, tol, atol, max_products, progress):
         v0 = jax.random.normal(k_start, (N,), dtype)
         kth = int(np.argmin(s))
         margin_k = resid[kth] / math.sqrt(2)
-        sub = _lanczos_svd(D, 1, key=key, which="largest", tol=tol, atol=atol, num_basis=mb,
-                           keep=_default_keep(1, mb), max_products=left, v0=v0,
-                           stop_below=s[kth] - margin_k)
+        sub = _lanczos_svd(
+            D,
+            1,
+            key=key,
+            which="largest",
+            tol=tol,
+            atol=atol,
+            num_basis=mb,
+            keep=_default_keep(1, mb),
+            max_products=left,
+            v0=v0,
+            stop_below=s[kth] - margin_k,
+        )
         used += int(sub.num_products)
         rounds += 1
         s_new, r_new = float(sub.s[0]), float(sub.residuals[0]) / math.sqrt(2)
@@ -851,8 +918,10 @@ def _find_missed_top(op, res, *, key, tol, atol, max_products, progress):
             status = "unverified"  # a larger value exists, but its triplet did not converge
             break
         if progress is not None:
-            progress(f"lanczos (largest): a value {s_new:.6g} above s_k = {s[kth]:.6g} was "
-                     "missed (a repeated value?); taking it in and checking again")
+            progress(
+                f"lanczos (largest): a value {s_new:.6g} above s_k = {s[kth]:.6g} was "
+                "missed (a repeated value?); taking it in and checking again"
+            )
         found_s.append(sub.s[:1])
         found_U.append(np.asarray(sub.U)[:, :1])
         found_V.append(np.asarray(sub.V)[:, :1])
@@ -863,10 +932,21 @@ def _find_missed_top(op, res, *, key, tol, atol, max_products, progress):
         resid[kth] = float(sub.residuals[0])
     order = np.argsort(-s)
     if rounds and len(found_s) > 1:
-        out = finalise(op, U[:, order], V[:, order], s[order], tol=res.tol, atol_rel=100,
-                       anorm=float(np.max(s)), which="largest", method=res.method,
-                       num_products=used, status="converged", num_restarts=res.num_restarts,
-                       atol=res.atol)
+        out = finalise(
+            op,
+            U[:, order],
+            V[:, order],
+            s[order],
+            tol=res.tol,
+            atol_rel=100,
+            anorm=float(np.max(s)),
+            which="largest",
+            method=res.method,
+            num_products=used,
+            status="converged",
+            num_restarts=res.num_restarts,
+            atol=res.atol,
+        )
     else:
         out = dataclasses.replace(res, num_products=used)
     if status != "converged" and out.status == "converged":

@@ -294,8 +294,14 @@ class Projected(LinearOperator):
     Vr: jax.Array
 
     def __init__(self, base: LinearOperator, Ul: jax.Array | None, Vr: jax.Array | None):
-        super().__init__(_through_base, _through_base, base.shape, base.dtype,
-                         chunk_size=base.chunk_size, check_finite=base.check_finite)
+        super().__init__(
+            _through_base,
+            _through_base,
+            base.shape,
+            base.dtype,
+            chunk_size=base.chunk_size,
+            check_finite=base.check_finite,
+        )
         m, n = base.shape
         self.base = base
         self.Ul = jnp.zeros((m, 0), base.dtype) if Ul is None else jnp.asarray(Ul, base.dtype)
@@ -325,8 +331,14 @@ class Swapped(LinearOperator):
     base: LinearOperator
 
     def __init__(self, base: LinearOperator):
-        super().__init__(_through_base, _through_base, base.shape[::-1], base.dtype,
-                         chunk_size=base.chunk_size, check_finite=base.check_finite)
+        super().__init__(
+            _through_base,
+            _through_base,
+            base.shape[::-1],
+            base.dtype,
+            chunk_size=base.chunk_size,
+            check_finite=base.check_finite,
+        )
         self.base = base
 
     def mv(self, v):

@@ -157,9 +157,13 @@ class RegionCounts:
         error is itself estimated from the probes), so the range covers the true count about
         95% of the time or more (the bounds are guaranteed; only the probe average is
         random)."""
-        return count_interval(self[name], None if self.bounds is None else self.bounds[name],
-                              self.stderr[name], self.dim,
-                              probe_quantile(self.num_probes) if z is None else z)
+        return count_interval(
+            self[name],
+            None if self.bounds is None else self.bounds[name],
+            self.stderr[name],
+            self.dim,
+            probe_quantile(self.num_probes) if z is None else z,
+        )
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict."""
@@ -175,12 +179,15 @@ class RegionCounts:
             "dim": int(self.dim),
             "num_probes": int(self.num_probes),
             "num_steps": int(self.num_steps),
-            "step_change": None if self.step_change is None else {
-                k: float(v) for k, v in self.step_change.items()},
-            "bounds": None if self.bounds is None else {
-                k: [float(v[0]), float(v[1])] for k, v in self.bounds.items()},
-            "alignment": None if self.alignment is None else {
-                k: [float(v[0]), float(v[1])] for k, v in self.alignment.items()},
+            "step_change": None
+            if self.step_change is None
+            else {k: float(v) for k, v in self.step_change.items()},
+            "bounds": None
+            if self.bounds is None
+            else {k: [float(v[0]), float(v[1])] for k, v in self.bounds.items()},
+            "alignment": None
+            if self.alignment is None
+            else {k: [float(v[0]), float(v[1])] for k, v in self.alignment.items()},
         }
 
 
@@ -302,8 +309,10 @@ class SpectralDensity:
         n, exact = self._split(lo, hi, closed)
         hi_lower, hi_upper = self.per_probe_cdf_bounds(hi)
         lo_lower, lo_upper = self.per_probe_cdf_bounds(lo)
-        return (n * np.clip(hi_lower - lo_upper, 0.0, 1.0) + exact,
-                n * np.clip(hi_upper - lo_lower, 0.0, 1.0) + exact)
+        return (
+            n * np.clip(hi_lower - lo_upper, 0.0, 1.0) + exact,
+            n * np.clip(hi_upper - lo_lower, 0.0, 1.0) + exact,
+        )
 
     def _check_resolution(self, lo: float, hi: float) -> None:
         if self.num_steps >= self.dim - self.num_deflated:
@@ -402,8 +411,11 @@ class SpectralDensity:
 def region_spans(lo: float, hi: float) -> tuple:
     """``(name, a, b, closed)`` of the three regions: chaotic ``sigma > hi``, bulk
     ``lo <= sigma <= hi``, stable ``sigma < lo`` (the arguments of ``per_probe_counts``)."""
-    return (("chaotic", hi, np.inf, "neither"), ("bulk", lo, hi, "both"),
-            ("stable", -np.inf, lo, "neither"))
+    return (
+        ("chaotic", hi, np.inf, "neither"),
+        ("bulk", lo, hi, "both"),
+        ("stable", -np.inf, lo, "neither"),
+    )
 
 
 def probe_quantile(num_probes: int, level: float = 0.95) -> float:
@@ -417,8 +429,9 @@ def probe_quantile(num_probes: int, level: float = 0.95) -> float:
     return float(stats.t.ppf(0.5 + level / 2.0, int(num_probes) - 1))
 
 
-def count_interval(count: float, bounds, stderr: float, dim: int,
-                   z: float = 2.0) -> tuple[float, float]:
+def count_interval(
+    count: float, bounds, stderr: float, dim: int, z: float = 2.0
+) -> tuple[float, float]:
     """A count's range: its quadrature ``bounds`` (``(lower, upper)``; ``None``: the count
     itself) widened by ``z`` standard errors, clipped to ``[0, dim]``."""
     lower, upper = (count, count) if bounds is None else bounds

@@ -167,7 +167,8 @@ def singular_value_density(
             U_c = np.asarray(deflate.U, dtype=np.float64)[:, conv]
             V_c = np.asarray(Vc, dtype=np.float64)
             deflated_cos = np.sum(U_c * V_c, axis=0) / (
-                np.linalg.norm(U_c, axis=0) * np.linalg.norm(V_c, axis=0))
+                np.linalg.norm(U_c, axis=0) * np.linalg.norm(V_c, axis=0)
+            )
             op = Projected(op, None, Vc)
             for _ in range(2):  # probes in the complement of span(Vc)
                 Z = Z - jnp.matmul(jnp.matmul(Z, Vc, precision=_HI), Vc.T, precision=_HI)
@@ -202,8 +203,11 @@ def singular_value_density(
             num_steps=m,
             num_probes=num_probes,
             sigma_max=float(nodes.max()),
-            probes=probes, deflated=deflated, half=half,
-            cross_weights=cross / total, deflated_cos=deflated_cos,
+            probes=probes,
+            deflated=deflated,
+            half=half,
+            cross_weights=cross / total,
+            deflated_cos=deflated_cos,
         )
 
     half = quadrature(num_steps // 2) if num_steps >= 4 else None
@@ -303,9 +307,12 @@ def region_counts(
     step_change = None
     if dens.half is not None:
         halves = per_probe(dens.half)
-        step_change = {name: float(np.mean(full) - np.mean(h)) for name, full, h in
-                       zip(("chaotic", "bulk", "stable"), (chaotic, bulk, stable), halves,
-                           strict=True)}
+        step_change = {
+            name: float(np.mean(full) - np.mean(h))
+            for name, full, h in zip(
+                ("chaotic", "bulk", "stable"), (chaotic, bulk, stable), halves, strict=True
+            )
+        }
     bounds, alignment = {}, {}
     for name, a, b, c in regions:
         lower, upper = dens.per_probe_bounds(a, b, closed=c)

@@ -156,8 +156,9 @@ class TrainFn:
                 # optax's extra-arguments protocol (polyak_sgd, lbfgs, chains of them):
                 # transforms take what they need and ignore the rest.
                 value, grads = jax.value_and_grad(value_fn)(p)
-                updates, s = optimizer.update(grads, s, p, value=value, grad=grads,
-                                              value_fn=value_fn)
+                updates, s = optimizer.update(
+                    grads, s, p, value=value, grad=grads, value_fn=value_fn
+                )
             else:
                 grads = jax.grad(value_fn)(p)
                 updates, s = optimizer.update(grads, s, p)

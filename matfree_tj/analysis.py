@@ -208,8 +208,13 @@ class SpectrumSummary:
         qb = settings.get("quadrature_bounds")
         if z is None:
             z = probe_quantile(settings.get("num_probes"))
-        return count_interval(self.counts[name], None if qb is None else qb[name],
-                              self.stderr[name], self.num_params, z)
+        return count_interval(
+            self.counts[name],
+            None if qb is None else qb[name],
+            self.stderr[name],
+            self.num_params,
+            z,
+        )
 
     def to_dict(self, include_all_values: bool = False) -> dict:
         d = dict(
@@ -261,8 +266,10 @@ def alignment_by_region(s: Any, cos: Any, lo: float = 0.9, hi: float = 1.1) -> d
     (0.95, 0.0)
     """
     cos = np.asarray(cos, dtype=np.float64)
-    return {r: (float(np.mean(cos[m])) if m.any() else float("nan"), 0.0)
-            for r, m in _region_masks(s, lo, hi).items()}
+    return {
+        r: (float(np.mean(cos[m])) if m.any() else float("nan"), 0.0)
+        for r, m in _region_masks(s, lo, hi).items()
+    }
 
 
 def spectrum_summary(
@@ -388,8 +395,9 @@ def spectrum_summary(
                 f"{max(int(num_top), num_deflate)} triplets and a quadrature; allow at least "
                 f"{16 * max(int(num_top), num_deflate, 1)} (or lower num_deflate)."
             )
-        t_opts["max_products"] = min(int(t_opts.get("max_products", max_products)),
-                                     max_products // 2)
+        t_opts["max_products"] = min(
+            int(t_opts.get("max_products", max_products)), max_products // 2
+        )
     if progress is not None and t_opts.get("method", "lanczos") == "lanczos":
         t_opts.setdefault("progress", progress)
     k_first = max(int(num_top), num_deflate)
@@ -855,8 +863,7 @@ def output_sensitivity(
     D = _np(directions)
     D = jnp.asarray(D / np.linalg.norm(D, axis=0, keepdims=True), theta.dtype)
     if divergence not in ("auto", "softmax", "gaussian"):
-        raise ValueError(
-            f"divergence must be 'auto', 'softmax' or 'gaussian', got {divergence!r}.")
+        raise ValueError(f"divergence must be 'auto', 'softmax' or 'gaussian', got {divergence!r}.")
     if divergence == "auto":
         X0 = jnp.asarray(next(iter(inputs.values())), theta.dtype)
         out = jax.eval_shape(lambda th: apply(unravel(th), X0), theta)
@@ -868,7 +875,8 @@ def output_sensitivity(
             raise ValueError(
                 f"output_sensitivity: apply returned shape {out.shape}; expected class logits "
                 "(N, C) or regression outputs (N,) / (N, 1). Pass divergence='softmax' or "
-                "'gaussian' explicitly.")
+                "'gaussian' explicitly."
+            )
     fn = _max_kl_fn(apply, unravel, divergence)
     scale = jnp.asarray(scale, theta.dtype)
     return {

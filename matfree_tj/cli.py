@@ -50,8 +50,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         default="sgd",
         help="sgd: momentum 0.9, cosine from 0.1 (reference); adam: cosine from 3e-3",
     )
-    p.add_argument("--seed", type=_nonnegative_int, default=0,
-                   help="initialisation seed (default 0)")
+    p.add_argument(
+        "--seed", type=_nonnegative_int, default=0, help="initialisation seed (default 0)"
+    )
     p.add_argument(
         "--dtype",
         choices=("float32", "float64"),
@@ -286,30 +287,44 @@ def _spectrum(args, parser) -> int:
     for r in an.REGIONS:
         low, high = summ.interval(r)
         span = f"[{low:.0f}, {high:.0f}]"
-        print(f"{r:<8} | {summ.counts[r]:>10.1f} | {summ.stderr[r]:>8.1f} | {span:>26}"
-              f"   sigma {where[r]}")
+        print(
+            f"{r:<8} | {summ.counts[r]:>10.1f} | {summ.stderr[r]:>8.1f} | {span:>26}"
+            f"   sigma {where[r]}"
+        )
     print("top singular values: " + ", ".join(f"{x:.4g}" for x in summ.top_singular_values))
     sc = (summ.settings or {}).get("step_change")
     if sc:
         steps = summ.settings["num_steps"]
-        print(f"quadrature check, change of each count from {steps // 2} to {steps} Lanczos steps "
-              "(should be small against the stderr; else use more --num-steps): "
-              + ", ".join(f"{r} {sc[r]:+.1f}" for r in an.REGIONS))
+        print(
+            f"quadrature check, change of each count from {steps // 2} to {steps} Lanczos steps "
+            "(should be small against the stderr; else use more --num-steps): "
+            + ", ".join(f"{r} {sc[r]:+.1f}" for r in an.REGIONS)
+        )
     qb = (summ.settings or {}).get("quadrature_bounds")
     if qb:
-        print("quadrature bounds (guaranteed range of each count's probe average whatever the "
-              "steps; the 95% range adds t-quantile x stderr for the probes): "
-              + ", ".join(f"{r} [{qb[r][0]:.0f}, {qb[r][1]:.0f}]" for r in an.REGIONS))
+        print(
+            "quadrature bounds (guaranteed range of each count's probe average whatever the "
+            "steps; the 95% range adds t-quantile x stderr for the probes): "
+            + ", ".join(f"{r} [{qb[r][0]:.0f}, {qb[r][1]:.0f}]" for r in an.REGIONS)
+        )
     al = (summ.settings or {}).get("alignment")
     if al:
-        print("alignment, mean cos(u_i, v_i) of left and right singular vectors per region: "
-              + ", ".join(f"{r} {al[r][0]:.4f}" + (f" +- {al[r][1]:.2g}" if al[r][1] else "")
-                          for r in an.REGIONS))
+        print(
+            "alignment, mean cos(u_i, v_i) of left and right singular vectors per region: "
+            + ", ".join(
+                f"{r} {al[r][0]:.4f}" + (f" +- {al[r][1]:.2g}" if al[r][1] else "")
+                for r in an.REGIONS
+            )
+        )
     print(f"operator products: {summ.num_products}; seconds: {seconds:.1f}")
 
     doc = summ.to_dict(include_all_values=True)  # dense: all P values; matrix-free: top only
-    doc.update(seconds=seconds, model=model.config, environment=environment(),
-               products={"cached": J.cached, "checkpoint": args.checkpoint})
+    doc.update(
+        seconds=seconds,
+        model=model.config,
+        environment=environment(),
+        products={"cached": J.cached, "checkpoint": args.checkpoint},
+    )
     if not args.no_plot:
         png = _plot_spectrum(summ, args.out)
         if png:
@@ -331,8 +346,11 @@ def _plot_spectrum(summ, out: str) -> str | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("no figure: matplotlib is not installed (pip install 'matfree-tj[plot]'); "
-              "the table and JSON are complete without it", file=sys.stderr)
+        print(
+            "no figure: matplotlib is not installed (pip install 'matfree-tj[plot]'); "
+            "the table and JSON are complete without it",
+            file=sys.stderr,
+        )
         return None
     import numpy as np
 

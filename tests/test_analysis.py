@@ -67,8 +67,9 @@ def test_spectrum_summary_dense_is_exact(linreg):
 def test_spectrum_summary_matrix_free_agrees_with_oracle(linreg):
     lr, J = linreg
     lines = []
-    summ = an.spectrum_summary(J, key=jax.random.key(1), num_top=2, num_probes=16, num_steps=40,
-                               progress=lines.append)
+    summ = an.spectrum_summary(
+        J, key=jax.random.key(1), num_top=2, num_probes=16, num_steps=40, progress=lines.append
+    )
     assert any("SLQ counts: 16 probes x 40 steps" in x for x in lines), lines
     exact = an.counts_from_values(lr.singular_values)
     for r in an.REGIONS:  # a stochastic estimate, judged by its own standard error
@@ -82,8 +83,15 @@ def test_spectrum_summary_product_budget(linreg):
     lr, J = linreg
     exact = an.counts_from_values(lr.singular_values)
     with pytest.warns(UserWarning, match="max_products=200 leaves"):
-        summ = an.spectrum_summary(J, key=jax.random.key(2), num_top=2, num_deflate=2,
-                                   num_probes=16, num_steps=40, max_products=200)
+        summ = an.spectrum_summary(
+            J,
+            key=jax.random.key(2),
+            num_top=2,
+            num_deflate=2,
+            num_probes=16,
+            num_steps=40,
+            max_products=200,
+        )
     st = summ.settings
     assert st["budget_limited"] and summ.num_products <= 200
     assert st["top_products"] <= 100 and st["num_probes"] * st["num_steps"] * 2 <= 200
@@ -93,9 +101,17 @@ def test_spectrum_summary_product_budget(linreg):
         assert lower - 4 * summ.stderr[r] - 1.0 <= exact[r] <= upper + 4 * summ.stderr[r] + 1.0
         z = stats.t.ppf(0.975, st["num_probes"] - 1)  # the stderr is itself estimated
         assert summ.interval(r) == pytest.approx(
-            (max(lower - z * summ.stderr[r], 0.0), min(upper + z * summ.stderr[r], 60)))
-    roomy = an.spectrum_summary(J, key=jax.random.key(2), num_top=2, num_deflate=2,
-                                num_probes=4, num_steps=20, max_products=10_000)
+            (max(lower - z * summ.stderr[r], 0.0), min(upper + z * summ.stderr[r], 60))
+        )
+    roomy = an.spectrum_summary(
+        J,
+        key=jax.random.key(2),
+        num_top=2,
+        num_deflate=2,
+        num_probes=4,
+        num_steps=20,
+        max_products=10_000,
+    )
     assert not roomy.settings["budget_limited"] and roomy.settings["num_steps"] == 20
     with pytest.raises(ValueError, match="max_products=20 is too small"):
         an.spectrum_summary(J, key=jax.random.key(2), num_top=2, num_deflate=2, max_products=20)
@@ -232,14 +248,17 @@ def test_output_sensitivity_regression_outputs():
     theta = jnp.asarray(np.arange(4.0))
     D = np.eye(4)[:, :2]
     kl = an.output_sensitivity(apply, theta, D, {"x": X}, scale=3.0, unravel=lambda t: t)
-    np.testing.assert_allclose(kl["x"], [np.max((3 * X[:, 0]) ** 2) / 2,
-                                         np.max((3 * X[:, 1]) ** 2) / 2], rtol=1e-6)
-    col = an.output_sensitivity(lambda w, X: (X @ w)[:, None], theta, D, {"x": X}, scale=3.0,
-                                unravel=lambda t: t)
+    np.testing.assert_allclose(
+        kl["x"], [np.max((3 * X[:, 0]) ** 2) / 2, np.max((3 * X[:, 1]) ** 2) / 2], rtol=1e-6
+    )
+    col = an.output_sensitivity(
+        lambda w, X: (X @ w)[:, None], theta, D, {"x": X}, scale=3.0, unravel=lambda t: t
+    )
     np.testing.assert_allclose(col["x"], kl["x"], rtol=1e-6)
     with pytest.raises(ValueError, match="divergence"):
-        an.output_sensitivity(lambda w, X: jnp.ones((2, 3, 4)), theta, D, {"x": X},
-                              unravel=lambda t: t)
+        an.output_sensitivity(
+            lambda w, X: jnp.ones((2, 3, 4)), theta, D, {"x": X}, unravel=lambda t: t
+        )
 
 
 # --------------------------------------------------------------------- restricted training ---

@@ -127,7 +127,8 @@ def test_spectrum_matrix_free_quick_subprocess(tmp_path):
     assert "quadrature check" in r.stdout and "lanczos (largest) cycle 0" in r.stderr
     assert d["products"] == {"cached": {"forward": False, "reverse": False}, "checkpoint": "step"}
     assert d["settings"]["num_deflated"] <= 5 and set(d["settings"]["step_change"]) == set(
-        d["counts"])
+        d["counts"]
+    )
     for r, (lower, upper) in d["settings"]["quadrature_bounds"].items():
         assert lower <= d["counts"][r] <= upper
 

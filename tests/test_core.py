@@ -82,8 +82,9 @@ def test_optimizers_with_extra_update_arguments():
     X = jax.random.normal(jax.random.key(1), (16, 3))
     y = X @ jnp.array([1.0, -2.0, 0.5]) + 0.1
     loss = lambda w, b: jnp.mean((b[0] @ w - b[1]) ** 2)  # noqa: E731
-    train = mtj.make_train_fn(loss, optax.polyak_sgd(max_learning_rate=0.1),
-                              mtj.full_batch_schedule((X, y), 4))
+    train = mtj.make_train_fn(
+        loss, optax.polyak_sgd(max_learning_rate=0.1), mtj.full_batch_schedule((X, y), 4)
+    )
     J = mtj.training_jacobian(train, jnp.ones(3))
     np.testing.assert_allclose(J.to_dense(), jax.jacfwd(train)(jnp.ones(3)), atol=1e-12)
     u = jax.random.normal(jax.random.key(2), (3,))
@@ -168,8 +169,9 @@ def test_cache_budget_is_shared_between_the_two_caches(tiny_sgd):
     f = lambda th: ravel_pytree(m.train_fn(J.unravel(th)))[0]  # noqa: E731
     lin = jax.eval_shape(lambda th: jax.linearize(f, th)[1], J.params0_flat)
     lin_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(lin))
-    J4 = mtj.training_jacobian(m.train_fn, m.params0, cache_budget_bytes=lin_bytes,
-                               check_deterministic=False)
+    J4 = mtj.training_jacobian(
+        m.train_fn, m.params0, cache_budget_bytes=lin_bytes, check_deterministic=False
+    )
     assert J4.cached == {"forward": True, "reverse": False}  # nothing left for the pullback
 
 

@@ -13,7 +13,8 @@ except RuntimeError:
     GPUS = []
 
 pytestmark = pytest.mark.skipif(
-    not GPUS, reason="no GPU: these checks run only where CUDA is present")
+    not GPUS, reason="no GPU: these checks run only where CUDA is present"
+)
 
 
 def test_products_on_gpu_match_cpu():

@@ -102,8 +102,9 @@ def test_mlp_top_and_bottom_vs_dense(mlp):
     bot = mtj.bottom_singular(J, 8, key=jax.random.key(5), num_basis=60)
     conv = np.asarray(bot.converged)
     assert conv.sum() >= 6, bot.residuals
-    np.testing.assert_allclose(np.asarray(bot.s)[conv], np.sort(s_dense)[:8][conv],
-                               rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(bot.s)[conv], np.sort(s_dense)[:8][conv], rtol=1e-8, atol=1e-12
+    )
     assert_honest(J, bot, s_dense, Jd)
 
 
@@ -112,8 +113,9 @@ def test_mlp_top_vs_scipy_svds(mlp):
 
     J, _, _ = mlp
     res = mtj.top_singular(J, 5, key=jax.random.key(6), num_basis=60)
-    s_scipy = np.sort(svds(J.to_scipy(), k=5, tol=1e-12, random_state=0,
-                           return_singular_vectors=False))[::-1]
+    s_scipy = np.sort(
+        svds(J.to_scipy(), k=5, tol=1e-12, random_state=0, return_singular_vectors=False)
+    )[::-1]
     np.testing.assert_allclose(np.asarray(res.s), s_scipy, rtol=1e-10)
 
 
@@ -179,8 +181,9 @@ def test_repeated_top_value_closed_form(x64, mult, k):
     # once. Every returned value must be a copy of it, not merely some singular value.
     n, P, eta, T = 120, 200, 1.0, 5
     lam = np.concatenate([np.full(mult, 2.3), np.linspace(2.0, 2.29, n - mult)])
-    lr = mtj.examples.linear_regression(jax.random.key(mult), n, P, eta=eta, num_steps=T,
-                                        eigenvalues=lam)
+    lr = mtj.examples.linear_regression(
+        jax.random.key(mult), n, P, eta=eta, num_steps=T, eigenvalues=lam
+    )
     J = mtj.training_jacobian(lr.train_fn, lr.params0)
     s_true = lr.singular_values
     assert np.allclose(s_true[:mult], 1.3**T)
@@ -218,8 +221,9 @@ def test_bad_input(x64):
 @pytest.mark.parametrize("check_finite", [True, False])
 def test_nan_product_raises(x64, check_finite):
     A = jnp.eye(8)
-    op = mtj.LinearOperator(lambda v: A @ v * jnp.nan, lambda u: A.T @ u, (8, 8), A.dtype,
-                            check_finite=check_finite)
+    op = mtj.LinearOperator(
+        lambda v: A @ v * jnp.nan, lambda u: A.T @ u, (8, 8), A.dtype, check_finite=check_finite
+    )
     with pytest.raises(FloatingPointError):
         mtj.top_singular(op, 2, key=jax.random.key(0))
 
@@ -247,8 +251,9 @@ def test_block_variant(x64):
     assert res.num_restarts >= 1
     np.testing.assert_allclose(np.asarray(res.s), s_true[:6], rtol=1e-10)
     assert_honest(op, res, s_true)
-    res = mtj.bottom_singular(op, 3, key=jax.random.key(14), num_basis=24, block_size=4,
-                              max_products=600)
+    res = mtj.bottom_singular(
+        op, 3, key=jax.random.key(14), num_basis=24, block_size=4, max_products=600
+    )
     assert_honest(op, res, s_true)
     with pytest.raises(ValueError, match="block_size"):
         mtj.top_singular(op, 5, key=jax.random.key(0), num_basis=8, block_size=4)

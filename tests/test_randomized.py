@@ -41,8 +41,9 @@ def check_flags(op, res, s_true, A=None):
 def test_top20_linear_regression(lr20k):
     lr, op = lr20k
     s_true = lr.singular_values
-    res = mtj.top_singular(op, 20, key=jax.random.key(0), method="randomized",
-                           oversample=15, power_iters=6, tol=1e-6)
+    res = mtj.top_singular(
+        op, 20, key=jax.random.key(0), method="randomized", oversample=15, power_iters=6, tol=1e-6
+    )
     rel = np.abs(np.asarray(res.s) - s_true[:20]) / s_true[:20]
     assert rel.max() <= 1e-8, rel.max()
     assert res.num_products == (2 * 6 + 2) * 35 + 2 * 20
@@ -55,8 +56,17 @@ def test_adaptive_on_J_minus_I_finds_the_moved_directions(lr20k):
     lr, op = lr20k
     s_true = np.sort(np.abs(lr.factors - 1.0))[::-1]
     JmI = mtj.add_identity(op, -1.0)
-    res = mtj.top_singular(JmI, 20, key=jax.random.key(1), method="randomized", adaptive=True,
-                           oversample=10, power_iters=1, tol=1e-10, max_rank=120)
+    res = mtj.top_singular(
+        JmI,
+        20,
+        key=jax.random.key(1),
+        method="randomized",
+        adaptive=True,
+        oversample=10,
+        power_iters=1,
+        tol=1e-10,
+        max_rank=120,
+    )
     assert res.status == "converged"
     assert bool(res.converged.all())
     np.testing.assert_allclose(np.asarray(res.s), s_true[:20], rtol=1e-10)
@@ -66,8 +76,17 @@ def test_adaptive_on_J_minus_I_finds_the_moved_directions(lr20k):
 def test_adaptive_dense_decaying_spectrum(x64):
     s_true = 0.5 ** np.arange(200.0)
     op = DenseOperator(matrix_with_spectrum(s_true, seed=5))
-    res = mtj.top_singular(op, 5, key=jax.random.key(2), method="randomized", adaptive=True,
-                           block_size=10, power_iters=1, tol=1e-12, max_rank=200)
+    res = mtj.top_singular(
+        op,
+        5,
+        key=jax.random.key(2),
+        method="randomized",
+        adaptive=True,
+        block_size=10,
+        power_iters=1,
+        tol=1e-12,
+        max_rank=200,
+    )
     assert res.status == "converged" and bool(res.converged.all())
     np.testing.assert_allclose(np.asarray(res.s), s_true[:5], rtol=1e-12)
     check_flags(op, res, s_true, np.asarray(op.A))
@@ -77,8 +96,9 @@ def test_flags_honest_without_enough_power_iterations(x64):
     # a flat spectrum: one pass of the range finder cannot converge; the flags must say so
     s_true = np.linspace(1.0, 0.9, 200)
     op = DenseOperator(matrix_with_spectrum(s_true, seed=6))
-    res = mtj.top_singular(op, 5, key=jax.random.key(3), method="randomized",
-                           oversample=5, power_iters=0, tol=1e-8)
+    res = mtj.top_singular(
+        op, 5, key=jax.random.key(3), method="randomized", oversample=5, power_iters=0, tol=1e-8
+    )
     assert res.num_converged == 0 and res.status != "converged"
     check_flags(op, res, s_true, np.asarray(op.A))
 

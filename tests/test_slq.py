@@ -18,8 +18,11 @@ def _x64(x64):  # float64 for the whole module (tests/conftest.py restores it)
 
 def exact_regions(s, lo=0.9, hi=1.1):
     s = np.asarray(s)
-    return {"chaotic": np.sum(s > hi), "bulk": np.sum((s >= lo) & (s <= hi)),
-            "stable": np.sum(s < lo)}
+    return {
+        "chaotic": np.sum(s > hi),
+        "bulk": np.sum((s >= lo) & (s <= hi)),
+        "stable": np.sum(s < lo),
+    }
 
 
 def check_regions(rc, exact, P):
@@ -65,8 +68,9 @@ def test_region_counts_mlp_vs_dense(x64):
 @pytest.fixture(scope="module")
 def diag400(x64):
     # a spectrum with all three regions and gaps at the region edges
-    s = np.concatenate([np.linspace(0.0, 0.7, 100), np.linspace(0.95, 1.05, 250),
-                        np.linspace(1.3, 4.0, 50)])
+    s = np.concatenate(
+        [np.linspace(0.0, 0.7, 100), np.linspace(0.95, 1.05, 250), np.linspace(1.3, 4.0, 50)]
+    )
     rng = np.random.default_rng(0)
     Q1, _ = np.linalg.qr(rng.standard_normal((400, 400)))
     Q2, _ = np.linalg.qr(rng.standard_normal((400, 400)))
@@ -79,8 +83,9 @@ def test_counts_judged_by_their_standard_errors(diag400, probes):
     exact = exact_regions(s)
     z = []
     for seed in range(6):
-        d = mtj.singular_value_density(op, key=jax.random.key(seed), num_probes=8,
-                                       num_steps=40, probes=probes)
+        d = mtj.singular_value_density(
+            op, key=jax.random.key(seed), num_probes=8, num_steps=40, probes=probes
+        )
         assert d.nodes.shape == (8, 40) and d.weights.shape == (8, 40)
         np.testing.assert_allclose(d.weights.sum(axis=1), 1.0, atol=1e-12)
         for (lo, hi), name in [((0.9, 1.1), "bulk"), ((1.1, np.inf), "chaotic")]:
@@ -127,8 +132,9 @@ def test_quadrature_bounds_hold_per_probe(x64):
 
     rng = np.random.default_rng(11)
     P = 400
-    s = np.concatenate([rng.uniform(0.0, 0.9, 100), rng.uniform(0.9, 1.1, 200),
-                        rng.uniform(1.1, 8.0, 100)])
+    s = np.concatenate(
+        [rng.uniform(0.0, 0.9, 100), rng.uniform(0.9, 1.1, 200), rng.uniform(1.1, 8.0, 100)]
+    )
     Q1, _ = np.linalg.qr(rng.standard_normal((P, P)))
     Q2, _ = np.linalg.qr(rng.standard_normal((P, P)))
     op = DenseOperator((Q1 * s) @ Q2.T)
@@ -138,15 +144,25 @@ def test_quadrature_bounds_hold_per_probe(x64):
     widths = []
     for m in (6, 40, 160):
         d = mtj.singular_value_density(op, key=key, num_probes=5, num_steps=m, probes="gaussian")
-        for lo, hi, closed in ((1.1, np.inf, "neither"), (0.9, 1.1, "both"),
-                               (-np.inf, 0.9, "neither"), (0.5, 2.0, "left")):
+        for lo, hi, closed in (
+            (1.1, np.inf, "neither"),
+            (0.9, 1.1, "both"),
+            (-np.inf, 0.9, "neither"),
+            (0.5, 2.0, "left"),
+        ):
             inside = (s >= lo) & (s <= hi) if closed == "both" else (s > lo) & (s < hi)
             if closed == "left":
                 inside = (s >= lo) & (s < hi)
             true = P * mass @ inside
             lower, upper = d.per_probe_bounds(lo, hi, closed=closed)
             assert np.all(lower <= true + 1e-8 * P) and np.all(true <= upper + 1e-8 * P), (
-                m, lo, hi, lower, true, upper)
+                m,
+                lo,
+                hi,
+                lower,
+                true,
+                upper,
+            )
             est = d.per_probe_counts(lo, hi, closed=closed)
             assert np.all((lower <= est + 1e-9 * P) & (est <= upper + 1e-9 * P))
             if (lo, hi) == (0.9, 1.1):
@@ -171,8 +187,14 @@ def test_quadrature_bounds_with_deflation_contain_exact_count(x64):
     # Diagonal operator, Rademacher probes: every probe's exact mass in a region is the
     # region's count / P, so the averaged bounds must contain the exact count itself; the
     # deflated values (counted exactly) shift both bounds by the same amount.
-    s = np.concatenate([np.linspace(0.01, 0.89, 90), np.linspace(0.9, 1.1, 200),
-                        np.linspace(1.11, 3.0, 100), np.linspace(6.0, 15.0, 10)])
+    s = np.concatenate(
+        [
+            np.linspace(0.01, 0.89, 90),
+            np.linspace(0.9, 1.1, 200),
+            np.linspace(1.11, 3.0, 100),
+            np.linspace(6.0, 15.0, 10),
+        ]
+    )
     op = DenseOperator(np.diag(s))
     top = mtj.top_singular(op, 10, key=jax.random.key(2))
     assert top.num_converged == 10
@@ -213,8 +235,9 @@ def test_bad_input(diag400):
     with pytest.raises(ValueError, match="method"):
         mtj.region_counts(op, key=key, method="kpm")
     A = jnp.eye(6)
-    bad = mtj.LinearOperator(lambda v: A @ v * jnp.nan, lambda u: A @ u, (6, 6), A.dtype,
-                             check_finite=False)
+    bad = mtj.LinearOperator(
+        lambda v: A @ v * jnp.nan, lambda u: A @ u, (6, 6), A.dtype, check_finite=False
+    )
     with pytest.raises(FloatingPointError):
         mtj.singular_value_density(bad, key=key, num_probes=2, num_steps=3)
 
@@ -232,8 +255,9 @@ def _aligned_matrix(P=60, seed=0):
     """A matrix whose values in [0.95, 1.05] have u_i = v_i exactly and whose other singular
     vectors are unrelated: returns (A, s, cos(u_i, v_i))."""
     rng = np.random.default_rng(seed)
-    s = np.concatenate([np.linspace(2.0, 5.0, 10), rng.uniform(0.95, 1.05, 30),
-                        np.linspace(0.01, 0.8, P - 40)])
+    s = np.concatenate(
+        [np.linspace(2.0, 5.0, 10), rng.uniform(0.95, 1.05, 30), np.linspace(0.01, 0.8, P - 40)]
+    )
     U, _ = np.linalg.qr(rng.standard_normal((P, P)))
     B = U[:, 10:40]
     G = rng.standard_normal((P, P - 30))
@@ -247,8 +271,9 @@ def test_alignment_quadrature_exact_with_a_complete_krylov_space(x64):
     # P q^T (U_g V_g^T) q exactly, g the indicator of the interval.
     A, s, _ = _aligned_matrix()
     P = A.shape[0]
-    d = mtj.singular_value_density(DenseOperator(A), key=jax.random.key(3), num_probes=5,
-                                   num_steps=P)
+    d = mtj.singular_value_density(
+        DenseOperator(A), key=jax.random.key(3), num_probes=5, num_steps=P
+    )
     Z = np.asarray(mtj._slq._probes(jax.random.key(3), 5, P, jnp.float64, "rademacher"))
     U, sv, Vt = np.linalg.svd(A)
     for lo, hi in [(0.9, 1.1), (1.1, np.inf), (-np.inf, 0.9), (0.5, 2.5)]:
@@ -278,11 +303,11 @@ def test_alignment_with_deflation_counts_deflated_cosines_exactly(x64):
     op = DenseOperator(A)
     top = mtj.top_singular(op, 10, key=jax.random.key(0), tol=1e-10)
     assert top.num_converged == 10
-    d = mtj.singular_value_density(op, key=jax.random.key(1), num_probes=6, num_steps=30,
-                                   deflate=top)
+    d = mtj.singular_value_density(
+        op, key=jax.random.key(1), num_probes=6, num_steps=30, deflate=top
+    )
     U, V = np.asarray(top.U), np.asarray(top.V)
-    np.testing.assert_allclose(np.sort(d.deflated_cos), np.sort(np.sum(U * V, axis=0)),
-                               atol=1e-12)
+    np.testing.assert_allclose(np.sort(d.deflated_cos), np.sort(np.sum(U * V, axis=0)), atol=1e-12)
     # the chaotic region holds only the deflated values: its mean cosine is exact
     est, se = d.alignment(1.1, np.inf, closed="neither")
     assert est == pytest.approx(cos[:10].mean(), abs=1e-8)
