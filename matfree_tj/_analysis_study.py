@@ -25,6 +25,7 @@ import numpy as np
 from . import analysis as an
 from ._dense import dense_svd
 from ._jacobian import training_jacobian
+from ._results import count_interval, probe_quantile
 
 __all__ = ["StudyConfig", "run_study", "write_report", "claims", "environment", "build_model"]
 
@@ -399,16 +400,29 @@ def run_study(
 # ------------------------------------------------------------------------------------------
 
 
+def _count(sp: dict, region: str) -> tuple:
+    """``(count, stderr, range)`` of a spectrum summary's dict: ``range`` is the 95% range
+    (quadrature bounds widened by the Student-t multiple of the stderr, as
+    :meth:`matfree_tj.analysis.SpectrumSummary.interval`), ``None`` for dense counts or when
+    the summary carries no bounds."""
+    x, se = sp["counts"][region], sp["stderr"][region]
+    settings = sp.get("settings") or {}
+    qb = settings.get("quadrature_bounds")
+    if sp.get("backend") == "dense" or not qb:
+        return (x, se, None)
+    z = probe_quantile(settings.get("num_probes"))
+    return (x, se, count_interval(x, qb[region], se, sp["num_params"], z))
+
+
 def _headline(r: dict) -> dict:
     sp, pert, ood, rt = r["spectrum"], r["perturbation"], r["ood"], r["restricted"]
     null = r["nullspace"]
     cos = (sp.get("settings") or {}).get("alignment") or {}
     nan = (float("nan"), 0.0)
+    dl = r["data_labels"]
     return {
         **{f"cos_{g}": tuple(cos.get(g, nan)) for g in ("bulk", "chaotic", "stable")},
-        "bulk_count": (sp["counts"]["bulk"], sp["stderr"]["bulk"]),
-        "chaotic_count": (sp["counts"]["chaotic"], sp["stderr"]["chaotic"]),
-        "stable_count": (sp["counts"]["stable"], sp["stderr"]["stable"]),
+        **{f"{g}_count": _count(sp, g) for g in ("bulk", "chaotic", "stable")},
         "sigma_1": (sp["top_singular_values"][0], 0.0),
         "bulk_cos": (r["alignment"]["bulk_probe"]["bulk"]["mean_cos"], 0.0),
         "random_cos": (r["alignment"]["bulk_probe"]["random"]["mean_cos"], 0.0),
@@ -418,14 +432,8 @@ def _headline(r: dict) -> dict:
         "kl_bulk_noise": (ood["bulk"]["mean"]["noise"], 0.0),
         "kl_bulk_inverted": (ood["bulk"]["mean"]["inverted"], 0.0),
         **{f"progress_{n}": (rt["progress_at_k"][n], 0.0) for n in rt["progress_at_k"]},
-        "bulk_shuffled": (
-            r["data_labels"]["shuffled_labels"]["counts"]["bulk"],
-            r["data_labels"]["shuffled_labels"]["stderr"]["bulk"],
-        ),
-        "bulk_noise": (
-            r["data_labels"]["noise_inputs"]["counts"]["bulk"],
-            r["data_labels"]["noise_inputs"]["stderr"]["bulk"],
-        ),
+        "bulk_shuffled": _count(dl["shuffled_labels"], "bulk"),
+        "bulk_noise": _count(dl["noise_inputs"], "bulk"),
         "moved_in_rowspace": (null["moved_in_rowspace"][-1], 0.0),
         "moved_in_rowspace_baseline": (null["moved_in_rowspace_baseline"][-1], 0.0),
         "seed_overlap": (r["seeds"]["mean_basis_fraction"], 0.0),
@@ -496,16 +504,25 @@ _CLAIMS = [
 
 
 def _fmt(v: tuple) -> str:
-    x, se = v
+    x, se = v[:2]
     if isinstance(x, float) and math.isnan(x):
         return "nan"
     s = f"{x:.4g}"
-    return s + (f" ± {se:.2g}" if se else "")
+    s += f" ± {se:.2g}" if se else ""
+    if len(v) > 2 and v[2] is not None:
+        s += f" [{v[2][0]:.0f}, {v[2][1]:.0f}]"
+    return s
 
 
 def _agree(kind: str, d: tuple, m: tuple) -> bool:
-    (xd, sd), (xm, sm) = d, m
-    if kind == "count":  # stochastic estimate vs exact: within 3 standard errors or 2% of P-ish
+    (xd, sd), (xm, sm) = d[:2], m[:2]
+    if kind == "count":
+        # an estimate with a 95% range (quadrature bounds + Student-t stderr) agrees with the
+        # exact count when the range holds it; without a range (no bounds): within 3 standard
+        # errors plus 2% of the count
+        rng = m[2] if len(m) > 2 else None
+        if rng is not None:
+            return rng[0] <= xd <= rng[1]
         return abs(xd - xm) <= 3 * max(sd, sm) + 0.02 * max(abs(xd), 1.0) + 1
     if kind == "rel":
         return abs(xd - xm) <= 1e-2 * max(abs(xd), 1e-12)
