@@ -198,39 +198,35 @@ def run_p(
                 r.pop(key, None)
             row[name] = r
         rows.append(row)
-        C.write_json(
-            "scaling_p" + ("_quick" if quick else ""),  # raw so far (kept if interrupted)
-            {
-                "benchmark": "scaling_p",
-                "quick": quick,
-                "config": cfg,
-                "machine": info,
-                "rows": rows,
-                "partial": True,
-            },
-            out_dir,
-        )
-    payload = {
-        "benchmark": "scaling_p",
-        "quick": quick,
-        "config": cfg,
-        "machine": C.finish_info(info),
-        "rows": rows,
-    }
-    C.write_json("scaling_p" + ("_quick" if quick else ""), payload, out_dir)  # raw, first
+        _save("scaling_p", quick, cfg, info, rows, out_dir, partial=True)  # kept if interrupted
+    payload = _save("scaling_p", quick, cfg, C.finish_info(info), rows, out_dir)  # raw, first
     return render_p(payload, out_dir)
 
 
-def render_p(payload: dict, out_dir=None) -> dict:
-    payload["summary"] = summarise_p(payload)
+def _save(name: str, quick: bool, cfg: dict, info: dict, rows: list, out_dir, partial=False):
+    """Write the raw rows of part ``name`` (``partial``: a run still in progress)."""
+    payload = {"benchmark": name, "quick": quick, "config": cfg, "machine": info, "rows": rows}
+    if partial:
+        payload["partial"] = True
+    C.write_json(name + ("_quick" if quick else ""), payload, out_dir)
+    return payload
+
+
+def _render(name: str, payload: dict, summarise, table, plot, out_dir=None) -> dict:
+    """Summary, JSON, markdown table and plot of part ``name`` from its raw payload."""
+    payload["summary"] = summarise(payload)
     tag = "_quick" if payload["quick"] else ""
-    C.write_json("scaling_p" + tag, payload, out_dir)
-    C.write_text("scaling_p" + tag + ".md", table_p(payload), out_dir)
+    C.write_json(name + tag, payload, out_dir)
+    C.write_text(name + tag + ".md", table(payload), out_dir)
     try:
-        plot_p(payload, out_dir)
+        plot(payload, out_dir)
     except Exception as e:  # noqa: BLE001
         print(f"  plot failed: {e}")
     return payload
+
+
+def render_p(payload: dict, out_dir=None) -> dict:
+    return _render("scaling_p", payload, summarise_p, table_p, plot_p, out_dir)
 
 
 def _basis_vectors(name: str, cfg: dict) -> int:
@@ -515,39 +511,13 @@ def run_t(quick: bool = False, out_dir=None, config: dict | None = None) -> dict
                 strict_memory=True,
             )
         rows.append(r)
-        C.write_json(
-            "scaling_t" + ("_quick" if quick else ""),
-            {
-                "benchmark": "scaling_t",
-                "quick": quick,
-                "config": cfg,
-                "machine": info,
-                "rows": rows,
-                "partial": True,
-            },
-            out_dir,
-        )
-    payload = {
-        "benchmark": "scaling_t",
-        "quick": quick,
-        "config": cfg,
-        "machine": C.finish_info(info),
-        "rows": rows,
-    }
-    C.write_json("scaling_t" + ("_quick" if quick else ""), payload, out_dir)  # raw, first
+        _save("scaling_t", quick, cfg, info, rows, out_dir, partial=True)  # kept if interrupted
+    payload = _save("scaling_t", quick, cfg, C.finish_info(info), rows, out_dir)  # raw, first
     return render_t(payload, out_dir)
 
 
 def render_t(payload: dict, out_dir=None) -> dict:
-    payload["summary"] = summarise_t(payload)
-    tag = "_quick" if payload["quick"] else ""
-    C.write_json("scaling_t" + tag, payload, out_dir)
-    C.write_text("scaling_t" + tag + ".md", table_t(payload), out_dir)
-    try:
-        plot_t(payload, out_dir)
-    except Exception as e:  # noqa: BLE001
-        print(f"  plot failed: {e}")
-    return payload
+    return _render("scaling_t", payload, summarise_t, table_t, plot_t, out_dir)
 
 
 def summarise_t(payload: dict) -> dict:
