@@ -60,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._operator import LinearOperator, Projected, Swapped
+from ._operator import LinearOperator, Projected, Swapped, product_fns
 from ._results import SingularTriplets
 
 __all__ = ["top_singular", "bottom_singular", "gkl_cycle", "gkl_block_cycle"]
@@ -261,9 +261,7 @@ def _raw_products(op: LinearOperator):
     shows in the Lanczos coefficients, which the driver checks once per cycle): each check is a
     host round trip, comparable to a product of a millisecond. Subclasses that override the
     products (deflated, transposed or dense operators) keep their methods."""
-    if type(op).mv is LinearOperator.mv and type(op).rmv is LinearOperator.rmv:
-        return op.mv_fn, op.rmv_fn
-    return op.mv, op.rmv
+    return product_fns(op)
 
 
 def _gkl_cycle_eager(op: LinearOperator, Ut, Vt, R, start: int, seed: float, replace: bool = True):
@@ -608,8 +606,8 @@ def _check_common(op, k, key, who, *, square, tol, num_basis, default_basis):
         raise ValueError(f"{who}: Expected 1 <= k < {name} = {r}, got k={int(k)}.")
     k = int(k)
     tol = check_tol("tol", tol)
-    if num_basis is None:
-        num_basis = min(r, default_basis)
+    if num_basis is None:  # a function of k, called once k is known to be an integer
+        num_basis = min(r, default_basis(k))
     num_basis = check_int("num_basis", num_basis, min(k + 2, r), r, "min(shape)" if M != N else "P")
     return op, key, k, tol, num_basis
 
@@ -742,7 +740,7 @@ def top_singular(
         square=False,
         tol=tol,
         num_basis=num_basis,
-        default_basis=max(2 * k + 20, 40),
+        default_basis=lambda k: max(2 * k + 20, 40),
     )
     return _run(
         op,
@@ -897,7 +895,10 @@ def _find_missed_top(op, res, *, key, tol, atol, max_products, progress):
             key=key,
             which="largest",
             tol=tol,
-            atol=atol,
+            # the top-k's absolute tolerance (100 eps ||A|| unless given): the deflated operator's
+            # own norm can be ~0 (k at or above the rank), and a tolerance relative to it is
+            # unreachable in floating point
+            atol=res.atol if atol is None else atol,
             num_basis=mb,
             keep=_default_keep(1, mb),
             max_products=left,
@@ -1037,7 +1038,7 @@ def bottom_singular(
         square=True,
         tol=tol,
         num_basis=num_basis,
-        default_basis=max(4 * k + 40, 80),
+        default_basis=lambda k: max(4 * k + 40, 80),
     )
     return _run(
         op,

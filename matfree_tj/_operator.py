@@ -248,10 +248,11 @@ class LinearOperator(eqx.Module):
         """
         import scipy.sparse.linalg as spla
 
-        mv = jax.jit(self.mv)
-        rmv = jax.jit(self.rmv)
-        mm = jax.jit(self.matmat)
-        rmm = jax.jit(self.rmatmat)
+        # closures, not bound methods: a subclass with array fields (Projected) is unhashable
+        mv = jax.jit(lambda x: self.mv(x))
+        rmv = jax.jit(lambda x: self.rmv(x))
+        mm = jax.jit(lambda x: self.matmat(x))
+        rmm = jax.jit(lambda x: self.rmatmat(x))
         dt = self.dtype
 
         def wrap(f):
@@ -272,6 +273,17 @@ class LinearOperator(eqx.Module):
             rmatmat=wrap(rmm),
             dtype=np.float64,
         )
+
+
+def product_fns(op: LinearOperator) -> tuple[Callable, Callable]:
+    """``(mv, rmv)`` of ``op`` as plain functions of one vector, for building derived
+    operators: the compiled ``mv_fn`` / ``rmv_fn`` (no per-call checks) unless a subclass
+    computes its products in its own methods (:class:`Projected`, :class:`Swapped`), whose
+    methods are then used."""
+    cls = type(op)
+    if cls.mv is LinearOperator.mv and cls.rmv is LinearOperator.rmv:
+        return op.mv_fn, op.rmv_fn
+    return (lambda v: op.mv(v)), (lambda u: op.rmv(u))
 
 
 def _through_base(x):  # pragma: no cover - the wrappers below override every product
@@ -357,9 +369,10 @@ class Swapped(LinearOperator):
 def transpose(op: LinearOperator) -> LinearOperator:
     """``A^T`` as an operator."""
     m, n = op.shape
+    mv, rmv = product_fns(op)
     return LinearOperator(
-        op.rmv_fn,
-        op.mv_fn,
+        rmv,
+        mv,
         (n, m),
         op.dtype,
         chunk_size=op.chunk_size,
@@ -377,9 +390,10 @@ def add_identity(op: LinearOperator, alpha: float = -1.0) -> LinearOperator:
     if m != n:
         raise ValueError(f"add_identity needs a square operator, got shape {op.shape}.")
     a = float(alpha)
+    mv, rmv = product_fns(op)
     return LinearOperator(
-        lambda v: op.mv_fn(v) + a * v,
-        lambda u: op.rmv_fn(u) + a * u,
+        lambda v: mv(v) + a * v,
+        lambda u: rmv(u) + a * u,
         op.shape,
         op.dtype,
         chunk_size=op.chunk_size,
@@ -394,11 +408,12 @@ def gram(op: LinearOperator, side: str = "right") -> LinearOperator:
     Symmetric; each product costs one ``mv`` and one ``rmv``.
     """
     m, n = op.shape
+    mv, rmv = product_fns(op)
     if side == "right":
-        f = lambda v: op.rmv_fn(op.mv_fn(v))  # noqa: E731
+        f = lambda v: rmv(mv(v))  # noqa: E731
         shape = (n, n)
     elif side == "left":
-        f = lambda u: op.mv_fn(op.rmv_fn(u))  # noqa: E731
+        f = lambda u: mv(rmv(u))  # noqa: E731
         shape = (m, m)
     else:
         raise ValueError(f"side must be 'right' (A^T A) or 'left' (A A^T), got {side!r}.")
@@ -418,13 +433,14 @@ def materialise(op: LinearOperator) -> jax.Array:
     m, n = op.shape
     c = max(1, min(op.chunk_size, n))
     num_chunks = -(-n // c)
+    mv, _ = product_fns(op)
 
     @jax.jit
     def build():
         def chunk(i):
             idx = i * c + jnp.arange(c)
             E = (idx[:, None] == jnp.arange(n)[None, :]).astype(op.dtype)  # (c, n) unit rows
-            return jax.vmap(op.mv_fn)(E)  # (c, m)
+            return jax.vmap(mv)(E)  # (c, m)
 
         cols = jax.lax.map(chunk, jnp.arange(num_chunks))
         return cols.reshape(num_chunks * c, m)[:n].T

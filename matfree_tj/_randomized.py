@@ -130,7 +130,6 @@ def randomized_svd(
     >>> [round(float(x), 4) for x in res.s]
     [10.0, 5.0]
     """
-    default_basis = 2 * k + 2 if isinstance(k, (int, np.integer)) else 2
     op, key, k, tol, _ = _check_common(
         op,
         k,
@@ -139,7 +138,7 @@ def randomized_svd(
         square=False,
         tol=tol,
         num_basis=None,
-        default_basis=default_basis,
+        default_basis=lambda k: 2 * k + 2,
     )
     M, N = op.shape
     r = min(M, N)

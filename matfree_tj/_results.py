@@ -433,9 +433,13 @@ def count_interval(
     count: float, bounds, stderr: float, dim: int, z: float = 2.0
 ) -> tuple[float, float]:
     """A count's range: its quadrature ``bounds`` (``(lower, upper)``; ``None``: the count
-    itself) widened by ``z`` standard errors, clipped to ``[0, dim]``."""
+    itself) widened by ``z`` standard errors, clipped to ``[0, dim]``. A non-finite standard
+    error (one probe: its sampling error cannot be estimated) gives the whole ``[0, dim]``:
+    the range then makes no claim, rather than a false one from the bounds alone."""
+    if stderr is None or not np.isfinite(float(stderr)):
+        return 0.0, float(dim)
     lower, upper = (count, count) if bounds is None else bounds
-    se = float(stderr) if np.isfinite(stderr) else 0.0
+    se = float(stderr)
     return float(max(lower - z * se, 0.0)), float(min(upper + z * se, dim))
 
 

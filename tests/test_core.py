@@ -325,6 +325,28 @@ def test_composition_and_scipy():
         mtj.add_identity(mtj.LinearOperator(lambda v: v[:2], lambda u: u, (2, 3), A.dtype))
 
 
+def test_composition_of_operators_with_their_own_products():
+    # subclasses that compute products in their methods (deflated and transposed views) work in
+    # every derived operator and conversion, not only in the solvers
+    from matfree_tj._operator import Projected, Swapped
+
+    B = jax.random.normal(jax.random.key(1), (7, 5))
+    op = mtj.LinearOperator(lambda v: B @ v, lambda u: B.T @ u, B.shape, B.dtype)
+    Q, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(2), (7, 2)))
+    W, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(3), (5, 1)))
+    D = (jnp.eye(7) - Q @ Q.T) @ B @ (jnp.eye(5) - W @ W.T)
+    for wrapped, dense in ((Projected(op, Q, W), D), (Swapped(op), B.T)):
+        np.testing.assert_allclose(wrapped.to_dense(), dense, atol=1e-13)
+        np.testing.assert_allclose(wrapped.T.to_dense(), dense.T, atol=1e-13)
+        np.testing.assert_allclose(mtj.gram(wrapped).to_dense(), dense.T @ dense, atol=1e-12)
+        x = np.random.default_rng(0).standard_normal((dense.shape[1], 2))
+        np.testing.assert_allclose(wrapped.to_scipy().matmat(x), np.asarray(dense) @ x, atol=1e-12)
+    Pw = jnp.eye(5) - W @ W.T  # a derived operator of a wrapper of a derived operator
+    sq = mtj.add_identity(Projected(mtj.add_identity(mtj.gram(op)), W, W), 1.5)
+    expected = Pw @ (B.T @ B - jnp.eye(5)) @ Pw + 1.5 * jnp.eye(5)
+    np.testing.assert_allclose(sq.to_dense(), expected, atol=1e-12)
+
+
 # ---------------------------------------------------------------- bad input -----------------
 def test_bad_vectors(tiny_sgd):
     _, J = tiny_sgd

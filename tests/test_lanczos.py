@@ -199,9 +199,30 @@ def test_repeated_top_value_closed_form(x64, mult, k):
     assert plain.num_products < res.num_products
 
 
+@pytest.mark.parametrize("rank,k", [(1, 3), (10, 12)])
+def test_top_k_above_rank_verifies(x64, rank, k):
+    # k beyond the rank: the deflated operator of the missed-value check is ~0; the check must
+    # still conclude (tolerance from ||A||, not from the deflated operator's own norm)
+    s_true = np.concatenate([np.linspace(9.0, 1.0, rank), np.zeros(40 - rank)])
+    A = matrix_with_spectrum(s_true, seed=rank, shape=(40, 40))
+    op = dense_operator(A)
+    res = mtj.top_singular(op, k, key=jax.random.key(rank))
+    assert res.status == "converged" and bool(np.all(res.converged))
+    np.testing.assert_allclose(np.asarray(res.s), s_true[:k], atol=1e3 * EPS64 * 9.0)
+    plain = mtj.top_singular(op, k, key=jax.random.key(rank), verify=False)
+    assert res.num_products < plain.num_products + 200  # a short check, not the whole budget
+
+
 def test_bad_input(x64):
     op = dense_operator(np.eye(6) * np.arange(1.0, 7.0))
     key = jax.random.key(0)
+    for bad in (None, "3", 2.5):
+        with pytest.raises(TypeError, match="expected an integer k"):
+            mtj.top_singular(op, bad, key=key)
+        with pytest.raises(TypeError, match="expected an integer k"):
+            mtj.bottom_singular(op, bad, key=key)
+        with pytest.raises(TypeError, match="expected an integer k"):
+            mtj.top_singular(op, bad, key=key, method="randomized")
     with pytest.raises(ValueError, match=r"1 <= k < P = 6, got k=6"):
         mtj.top_singular(op, 6, key=key)
     with pytest.raises(ValueError, match=r"1 <= k < P = 6, got k=0"):

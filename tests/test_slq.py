@@ -217,6 +217,22 @@ def test_too_few_steps_warns(diag400):
         d.count(1.0, 1.01)
 
 
+def test_one_probe_interval_makes_no_claim(diag400):
+    # one probe cannot estimate its own sampling error (stderr NaN): the 95% range must not
+    # shrink to the quadrature bounds of that one probe, which miss the truth most of the time
+    _, op = diag400
+    rc = mtj.region_counts(op, key=jax.random.key(3), num_probes=1, num_steps=40)
+    for name in ("chaotic", "bulk", "stable"):
+        assert np.isnan(rc.stderr[name])
+        assert rc.interval(name) == (0.0, 400.0)
+    rc2 = mtj.region_counts(op, key=jax.random.key(3), num_probes=2, num_steps=40)
+    t = 12.706204736  # two-sided 95% Student-t quantile, 1 degree of freedom
+    for name in ("chaotic", "bulk", "stable"):
+        lower, upper = rc2.bounds[name]
+        expected = (max(lower - t * rc2.stderr[name], 0.0), min(upper + t * rc2.stderr[name], 400))
+        np.testing.assert_allclose(rc2.interval(name), expected, rtol=1e-9)
+
+
 def test_bad_input(diag400):
     _, op = diag400
     key = jax.random.key(0)
