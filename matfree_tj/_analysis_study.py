@@ -172,6 +172,8 @@ def _experiments(model, J, cfg: StudyConfig, backend: str, key, log, runs) -> di
     ctx = _backend_context(J, cfg, backend, next(keys), log, runs)
     res: dict = {}
     products = {"triplets": sum(int(ctx[n].num_products) for n in ("top", "bottom", "moved"))}
+    # the accuracy of every set of triplets the experiments stand on (flags, residuals, status)
+    res["triplets"] = {n: ctx[n].accuracy() for n in ("top", "bottom", "moved")}
 
     # 1. spectrum
     log("1/8 spectrum and region counts")
@@ -603,9 +605,16 @@ def _figures(results: dict, out: str) -> list[str]:
         else:
             top = np.asarray(sp["top_singular_values"])
             bot = np.asarray(sp["bottom_singular_values"])
+            flags = ((r.get("triplets") or {}).get("bottom") or {}).get("converged")
+            ok = np.ones(bot.size, bool) if flags is None else np.asarray(flags[: bot.size], bool)
+            idx = P - np.arange(bot.size)
             for a, f in ((ax[0], lambda x: x), (ax[1], lambda x: np.abs(x - 1) + 1e-16)):
                 a.semilogy(np.arange(1, top.size + 1), f(top), "o", ms=3, label="top")
-                a.semilogy(P - np.arange(bot.size), f(bot), "s", ms=3, label="bottom")
+                a.semilogy(idx[ok], f(bot[ok]), "s", ms=3, label="bottom")
+                if not ok.all():
+                    a.semilogy(
+                        idx[~ok], f(bot[~ok]), "s", ms=3, mfc="none", label="bottom (not converged)"
+                    )
                 a.legend(fontsize=7)
         ax[0].set(xlabel="index i", ylabel="sigma_i", title=f"singular values of J ({b})")
         ax[1].set(xlabel="index i", ylabel="|sigma_i - 1|", title="distance from 1")
@@ -615,8 +624,14 @@ def _figures(results: dict, out: str) -> list[str]:
         al = r["alignment"]
         if "all_cos" in al:
             ax.plot(np.asarray(sp["singular_values"]), al["all_cos"], ".", ms=2)
-        ax.plot(al["top_s"], al["top_cos"], "o", ms=3, label="top")
-        ax.plot(al["bottom_s"], al["bottom_cos"], "s", ms=3, label="bottom")
+        trip = r.get("triplets") or {}
+        for name, marker in (("top", "o"), ("bottom", "s")):
+            s_, c_ = np.asarray(al[f"{name}_s"]), np.asarray(al[f"{name}_cos"])
+            flags = (trip.get(name) or {}).get("converged")
+            ok = np.ones(s_.size, bool) if flags is None else np.asarray(flags, bool)
+            ax.plot(s_[ok], c_[ok], marker, ms=3, label=name)
+            if not ok.all():  # Ritz pairs of an unfinished solve: shown, marked as such
+                ax.plot(s_[~ok], c_[~ok], marker, ms=3, mfc="none", label=f"{name} (not converged)")
         regions = (sp.get("settings") or {}).get("alignment")
         if regions:  # mean cos per region: exact (dense) or the SLQ estimate +- 2 stderr
             s_lo = max(min(al["bottom_s"] + al["top_s"]), 1e-9)
@@ -728,6 +743,18 @@ def _figures(results: dict, out: str) -> list[str]:
     return paths
 
 
+def _triplet_line(t: dict) -> str:
+    n = len(t["s"])
+    conv = t.get("converged")
+    done = n if conv is None else int(sum(conv))
+    resid = t.get("residuals")
+    worst = "" if not resid else f", largest residual {max(resid):.2g}"
+    return (
+        f"{done}/{n} converged (status {t.get('status')}, {t['num_products']} products{worst}); "
+        f"values {min(t['s']):.4g} to {max(t['s']):.4g}"
+    )
+
+
 def _markdown(results: dict, figures: list[str], out: str) -> str:
     c = results["config"]
     lines = [
@@ -753,6 +780,18 @@ def _markdown(results: dict, figures: list[str], out: str) -> str:
             f"| {row['claim']} | {row.get('dense', '-')} | {row.get('matrix-free', '-')} "
             f"| {agree} |"
         )
+    acc = [
+        f"- {n}: {_triplet_line(t)}"
+        for n, t in ((results["backends"].get("matrix-free") or {}).get("triplets") or {}).items()
+    ]
+    if acc:
+        lines += [
+            "",
+            "Matrix-free singular triplets the experiments use (converged = residual "
+            "within tolerance; the others are Ritz estimates, plotted hollow):",
+            "",
+            *acc,
+        ]
     lines += ["", "## Figures", ""]
     lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in figures]
     lines += ["", "Every number is in `study.json`."]

@@ -531,9 +531,24 @@ class Triplets:
     which: str
     num_products: int = 0
     converged: np.ndarray | None = None
+    residuals: np.ndarray | None = None
+    status: str | None = None
 
     def __len__(self) -> int:
         return int(self.s.shape[0])
+
+    def accuracy(self) -> dict:
+        """JSON-able record of how far to trust the triplets: values, per-triplet residuals
+        ``sqrt(||A v - s u||^2 + ||A^T u - s v||^2)`` and convergence flags (matrix-free; dense
+        triplets are exact to rounding: ``None``), solver status and products used."""
+        return {
+            "which": self.which,
+            "s": [float(x) for x in self.s],
+            "converged": None if self.converged is None else [bool(c) for c in self.converged],
+            "residuals": None if self.residuals is None else [float(r) for r in self.residuals],
+            "status": self.status,
+            "num_products": int(self.num_products),
+        }
 
 
 def _fix_signs(U: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -594,6 +609,7 @@ def singular_triplets(
     fn = _mtj().top_singular if which == "top" else _mtj().bottom_singular
     res = fn(op, k, key=key, **opts)
     conv = getattr(res, "converged", None)
+    resid = getattr(res, "residuals", None)
     U, V = _fix_signs(_np(res.U), _np(res.V))
     return Triplets(
         _np(res.s),
@@ -602,6 +618,8 @@ def singular_triplets(
         which,
         int(getattr(res, "num_products", 0)),
         None if conv is None else np.asarray(conv),
+        None if resid is None else _np(resid),
+        getattr(res, "status", None),
     )
 
 

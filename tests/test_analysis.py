@@ -170,6 +170,15 @@ def test_triplets_and_moved_matrix_free_agree_with_dense(linreg):
         np.testing.assert_allclose(mf.s, de.s, rtol=1e-6)
         np.testing.assert_allclose(mf.V, de.V, atol=1e-6)  # same canonical signs
         np.testing.assert_allclose(mf.U, de.U, atol=1e-6)
+        acc = json.loads(json.dumps(mf.accuracy()))  # the study's record of the triplets
+        assert acc["status"] == "converged" and acc["converged"] == [True, True]
+        assert acc["num_products"] == mf.num_products > 0
+        # the residuals are the true ones: ||J v - s u|| and ||J^T u - s v|| together
+        Ju = np.asarray(J.matmat(jnp.asarray(mf.V))) - mf.U * mf.s
+        JTu = np.asarray(J.rmatmat(jnp.asarray(mf.U))) - mf.V * mf.s
+        true = np.sqrt(np.sum(Ju**2, axis=0) + np.sum(JTu**2, axis=0))
+        np.testing.assert_allclose(acc["residuals"], true, rtol=1e-3, atol=1e-12)
+        assert de.accuracy()["converged"] is None and de.accuracy()["residuals"] is None
     mf = an.moved_directions(J, 3, key=jax.random.key(3))
     de = an.moved_directions(J, 3, backend="dense", dense=Jd)
     np.testing.assert_allclose(mf.s, de.s, rtol=1e-6)

@@ -166,6 +166,7 @@ def test_study_dense_quick(tmp_path):
     ):
         assert key in r
     assert len(r["perturbation"]["bulk"]["rows"]) == 6
+    assert set(r["triplets"]) == {"top", "bottom", "moved"}  # the accuracy of what they stand on
     assert len(d["claims"]) == 10
     assert (out / "summary.md").read_text().count("|") > 20
     assert len([p for p in os.listdir(out) if p.endswith(".png")]) == 7
