@@ -610,7 +610,8 @@ def _figures(results: dict, out: str) -> list[str]:
             idx = P - np.arange(bot.size)
             for a, f in ((ax[0], lambda x: x), (ax[1], lambda x: np.abs(x - 1) + 1e-16)):
                 a.semilogy(np.arange(1, top.size + 1), f(top), "o", ms=3, label="top")
-                a.semilogy(idx[ok], f(bot[ok]), "s", ms=3, label="bottom")
+                if ok.any():
+                    a.semilogy(idx[ok], f(bot[ok]), "s", ms=3, label="bottom")
                 if not ok.all():
                     a.semilogy(
                         idx[~ok], f(bot[~ok]), "s", ms=3, mfc="none", label="bottom (not converged)"
@@ -629,7 +630,8 @@ def _figures(results: dict, out: str) -> list[str]:
             s_, c_ = np.asarray(al[f"{name}_s"]), np.asarray(al[f"{name}_cos"])
             flags = (trip.get(name) or {}).get("converged")
             ok = np.ones(s_.size, bool) if flags is None else np.asarray(flags, bool)
-            ax.plot(s_[ok], c_[ok], marker, ms=3, label=name)
+            if ok.any():
+                ax.plot(s_[ok], c_[ok], marker, ms=3, label=name)
             if not ok.all():  # Ritz pairs of an unfinished solve: shown, marked as such
                 ax.plot(s_[~ok], c_[~ok], marker, ms=3, mfc="none", label=f"{name} (not converged)")
         regions = (sp.get("settings") or {}).get("alignment")
