@@ -34,6 +34,14 @@ def _mtj():
     return matfree_tj
 
 
+def model_inputs(X: Any, dtype: Any) -> jax.Array:
+    """``X`` as a JAX array for a model: floating inputs in the parameters' ``dtype``; integer or
+    boolean inputs (token ids for an embedding, masks) unchanged, since casting them to floats
+    would break indexing."""
+    X = jnp.asarray(X)
+    return X.astype(dtype) if jnp.issubdtype(X.dtype, jnp.floating) else X
+
+
 def _basis(x: Any) -> np.ndarray:
     """Right vectors of a :class:`~matfree_tj.analysis.Triplets`, or the array itself."""
     return _np(x.V if hasattr(x, "V") and hasattr(x, "s") else x)
@@ -131,13 +139,14 @@ def function_jacobian(
     r"""Dense parameter-to-function Jacobian ``F = d vec(apply(theta, X)) / d theta``: ``(N C, P)``.
 
     ``params``: flat ``(P,)`` with ``unravel``, or a :class:`~matfree_tj.TrainingJacobian` (its
-    final parameters). Cost: ``N C`` reverse passes of the model (no training); memory
+    final parameters). Floating ``X`` is cast to the parameters' dtype, integer ``X`` (token ids)
+    is passed unchanged. Cost: ``N C`` reverse passes of the model (no training); memory
     ``N C P`` floats, so subsample ``X`` for large models.
     """
     if unravel is None:
         params, unravel = params.params_T_flat, params.unravel
     theta = jnp.asarray(params)
-    X = jnp.asarray(X, theta.dtype)
+    X = model_inputs(X, theta.dtype)
     F = jax.jit(jax.jacrev(lambda th: apply(unravel(th), X).reshape(-1)))(theta)
     return _np(F)
 

@@ -87,6 +87,7 @@ from ._analysis_overlap import (
     bulk_nullspace_overlap,
     function_jacobian,
     function_rowspace,
+    model_inputs,
     seed_overlap,
     subspace_overlap,
 )
@@ -147,6 +148,15 @@ def _check_bounds(lo: float, hi: float) -> None:
         raise ValueError(
             f"Expected 0 <= lo <= 1 <= hi for the region bounds, got lo={lo}, hi={hi}."
         )
+
+
+def _check_k(k: Any, n: int, what: str = "k", limit: str = "") -> int:
+    """``k`` as an int in ``[1, n]``, or a clear error (a float like 2.7 is not truncated)."""
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"{what} must be an integer, got {k!r} ({type(k).__name__}).")
+    if not 1 <= int(k) <= n:
+        raise ValueError(f"Expected 1 <= {what} <= {limit}{n}, got {k}.")
+    return int(k)
 
 
 def _np(x: Any) -> np.ndarray:
@@ -584,20 +594,29 @@ def singular_triplets(
     _check_backend(backend)
     if which not in ("top", "bottom", "all"):
         raise ValueError(f"which must be 'top', 'bottom' or 'all', got {which!r}.")
-    P = min(op.shape) if isinstance(op, LinearOperator) else min(np.shape(op))
+    shape = tuple(op.shape) if isinstance(op, LinearOperator) else np.shape(op)
+    P = min(shape)
     if which == "all":
         if backend != "dense":
             raise ValueError(
                 "which='all' needs backend='dense' (every triplet of a P x P operator)."
             )
         k = P
-    if k is None or not 1 <= int(k) <= P:
-        raise ValueError(f"Expected 1 <= k <= {P}, got {k}.")
-    k = int(k)
+    k = _check_k(k, P)
     if backend == "dense":
         svd = dense if isinstance(dense, DenseSVD) else None
-        if svd is None or svd.U is None:
-            svd = dense_svd(_dense_matrix(op if dense is None else dense), compute_vectors=True)
+        if svd is not None and (svd.U is None or svd.V is None):
+            raise ValueError(
+                "singular_triplets: dense is a DenseSVD without singular vectors. Compute it "
+                "with dense_svd(..., compute_vectors=True), or pass the dense matrix."
+            )
+        if svd is None:
+            A = _dense_matrix(op if dense is None else dense)
+            if A.shape != shape:
+                raise ValueError(
+                    f"singular_triplets: dense has shape {A.shape}, the operator {shape}."
+                )
+            svd = dense_svd(A, compute_vectors=True)
         s, U, V = _np(svd.s), _np(svd.U), _np(svd.V)
         cost = 0 if dense is not None else P
         if which == "bottom":
@@ -636,12 +655,27 @@ def moved_directions(
 
     Their right vectors span the complement of the bulk (module docs). Matrix-free: one product
     of ``J`` (or ``J^T``) per product of ``J - I`` (:func:`matfree_tj.add_identity`); dense: pass
-    ``dense`` = the materialised ``J`` to avoid ``P`` more products.
+    ``dense`` = the materialised ``J`` (a ``(P, P)`` array, or a :class:`~matfree_tj.DenseSVD`
+    *of J* with vectors, from which ``J`` is rebuilt) to avoid ``P`` more products. ``J - I`` is
+    formed here; its SVD is a different one from ``J``'s, so never pass an SVD of ``J - I``.
     """
     JmI = add_identity(J, -1.0)
     dm = None
     if backend == "dense" and dense is not None:
-        dm = dense if isinstance(dense, DenseSVD) else _np(dense) - np.eye(J.shape[0])
+        if isinstance(dense, DenseSVD):
+            if dense.U is None or dense.V is None:
+                raise ValueError(
+                    "moved_directions: dense is a DenseSVD of J without singular vectors, so J "
+                    "cannot be rebuilt to form J - I. Pass the dense matrix of J, or "
+                    "dense_svd(J, compute_vectors=True)."
+                )
+            dense = (_np(dense.U) * _np(dense.s)) @ _np(dense.V).T
+        dm = _np(dense)
+        if dm.shape != tuple(J.shape):
+            raise ValueError(
+                f"moved_directions: dense must be the {J.shape} matrix of J, got shape {dm.shape}."
+            )
+        dm = dm - np.eye(J.shape[0])
     return singular_triplets(JmI, k, key=key, which="top", backend=backend, dense=dm, **opts)
 
 
@@ -687,13 +721,14 @@ def random_bulk_basis(
     subspace (``moved``: a :class:`Triplets` or a ``(P, m)`` orthonormal basis) and
     orthonormalised. No operator products; ``O(P m k)`` flops."""
     B = moved.V if isinstance(moved, Triplets) else np.asarray(moved)
+    if B.ndim != 2:
+        raise ValueError(f"moved must be a Triplets or a (P, m) basis, got shape {B.shape}.")
     P = B.shape[0] if num_params is None else int(num_params)
-    if not 1 <= int(k) <= P - B.shape[1]:
-        raise ValueError(f"Expected 1 <= k <= P - m = {P - B.shape[1]}, got {k}.")
+    if B.shape[0] != P:
+        raise ValueError(f"moved has {B.shape[0]} rows but num_params={P}.")
+    k = _check_k(k, P - B.shape[1], limit="P - m = ")
     G = np.asarray(
-        jax.random.normal(
-            key, (P, int(k)), jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-        ),
+        jax.random.normal(key, (P, k), jnp.float64 if jax.config.jax_enable_x64 else jnp.float32),
         dtype=np.float64,
     )
     # project_off reorthogonalises twice; orthogonality to B holds to the working precision.
@@ -769,7 +804,8 @@ def perturbation_response(
     v
         Direction ``(P,)`` (normalised here), e.g. a right singular vector or a bulk direction.
     eps
-        Scales (default ``logspace(-3, 3, 30)``: six orders of magnitude, as the paper).
+        Scales (default ``logspace(-3, 3, 30)``: six orders of magnitude, as the paper); sorted
+        ascending (duplicates dropped), the order of ``rows``.
     u, sigma
         A singular pair with ``J v = sigma u``. If omitted, ``sigma = |J v|`` and
         ``u = J v / sigma`` are computed with one product, so any ``v`` works.
@@ -777,16 +813,34 @@ def perturbation_response(
     Cost: ``len(eps)`` training runs (+1 product of ``J`` if ``u``/``sigma`` are omitted).
     """
     v = _np(v)
-    v = v / np.linalg.norm(v)
+    P = J.shape[1]
+    if v.shape != (P,):
+        raise ValueError(f"perturbation_response: v must have shape ({P},), got {v.shape}.")
+    vnorm = float(np.linalg.norm(v))
+    if not np.isfinite(vnorm) or vnorm == 0.0:
+        raise ValueError(
+            f"perturbation_response: v must be a finite nonzero direction, |v| = {vnorm}."
+        )
+    v = v / vnorm
     eps = np.logspace(-3, 3, 30) if eps is None else np.asarray(eps, dtype=np.float64)
-    if eps.ndim != 1 or eps.size < 1 or np.any(eps <= 0):
-        raise ValueError("eps must be a non-empty 1-d array of positive scales.")
+    if eps.ndim != 1 or eps.size < 1 or not np.all(np.isfinite(eps)) or np.any(eps <= 0):
+        raise ValueError("eps must be a non-empty 1-d array of finite positive scales.")
+    # Ascending: rows come back in that order and linear_up_to reads them as a sweep.
+    eps = np.unique(eps)
     dt = J.dtype
     if u is None or sigma is None:
         Jv = _np(J.mv(jnp.asarray(v, dt)))
         sigma = float(np.linalg.norm(Jv))
-        u = Jv / sigma
+        u = Jv / sigma if sigma > 0 else Jv
+    sigma = float(sigma)
+    if not np.isfinite(sigma) or sigma <= 0.0:
+        raise ValueError(
+            f"perturbation_response: sigma = |J v| = {sigma}; it must be finite and positive (v in "
+            "J's nullspace or a failed product leaves no direction u to compare with)."
+        )
     u = _np(u)
+    if u.shape != (P,):
+        raise ValueError(f"perturbation_response: u must have shape ({P},), got {u.shape}.")
     u = u / np.linalg.norm(u)
     train = _flat_train(J)
     theta0, thetaT = J.params0_flat, _np(J.params_T_flat)
@@ -873,17 +927,36 @@ def output_sensitivity(
         ``"gaussian"`` for ``(N,)`` or ``(N, 1)``. Pass it explicitly for multi-output
         regression.
 
+    Floating inputs are cast to the parameters' dtype; integer inputs (token ids, class
+    indices) are passed as they are.
+
     Returns ``{name: (m,) array}``. Cost: ``m + 1`` forward passes per input set, no training.
     """
     if unravel is None:
         params, unravel = params.params_T_flat, params.unravel
     theta = jnp.asarray(params)
+    P = theta.shape[0]
     D = _np(directions)
-    D = jnp.asarray(D / np.linalg.norm(D, axis=0, keepdims=True), theta.dtype)
+    if D.ndim == 1:
+        D = D[:, None]  # one direction
+    if D.ndim != 2 or D.shape[0] != P:
+        raise ValueError(
+            f"output_sensitivity: directions must be ({P}, m) (or one ({P},) direction), "
+            f"got shape {np.shape(directions)}."
+        )
+    norms = np.linalg.norm(D, axis=0, keepdims=True)
+    if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+        raise ValueError("output_sensitivity: every direction must be finite and nonzero.")
+    D = jnp.asarray(D / norms, theta.dtype)
     if divergence not in ("auto", "softmax", "gaussian"):
         raise ValueError(f"divergence must be 'auto', 'softmax' or 'gaussian', got {divergence!r}.")
+    if not inputs:
+        raise ValueError(
+            "output_sensitivity: inputs is empty; pass {name: X}, e.g. ood_inputs(...)."
+        )
+    inputs = {name: model_inputs(X, theta.dtype) for name, X in inputs.items()}
     if divergence == "auto":
-        X0 = jnp.asarray(next(iter(inputs.values())), theta.dtype)
+        X0 = next(iter(inputs.values()))
         out = jax.eval_shape(lambda th: apply(unravel(th), X0), theta)
         if out.ndim == 2 and out.shape[-1] >= 2:
             divergence = "softmax"
@@ -897,9 +970,7 @@ def output_sensitivity(
             )
     fn = _max_kl_fn(apply, unravel, divergence)
     scale = jnp.asarray(scale, theta.dtype)
-    return {
-        name: _np(fn(theta, D, jnp.asarray(X, theta.dtype), scale)) for name, X in inputs.items()
-    }
+    return {name: _np(fn(theta, D, X, scale)) for name, X in inputs.items()}
 
 
 @functools.lru_cache(maxsize=32)
@@ -943,10 +1014,16 @@ def restricted_training(
 ) -> dict:
     r"""Train only within the span of the first ``k`` columns of each basis; ``eval_fn`` after.
 
-    Parametrises ``theta = theta_0 + B c`` with ``B`` the first ``k`` columns of an orthonormal
-    basis and trains ``c`` from 0 with the same loss, optimizer and batches as ``J.train_fn``
-    (a :func:`matfree_tj.make_train_fn` run; otherwise pass ``loss_fn``, ``optimizer``,
-    ``batches``). For SGD (with momentum) this is exactly projected training.
+    With ``B`` the first ``k`` columns of an orthonormal basis, trains ``theta = theta_0 +
+    B (x - x_0)`` over the coordinates ``x`` (from ``x_0 = B^T theta_0``) with the same loss,
+    optimizer and batches as ``J.train_fn`` (a :func:`matfree_tj.make_train_fn` run; otherwise
+    pass ``loss_fn``, ``optimizer``, ``batches``). The optimizer sees the projected gradient
+    ``B^T grad`` and the projected parameters ``x = B^T theta`` (so weight decay, coupled or
+    decoupled as in ``adamw``, shrinks ``theta``'s component in the span, as it would
+    unconstrained). Hence SGD (with momentum, weight decay) is exactly projected training, and an
+    identity basis with ``k = P`` reproduces the unconstrained run for any optimizer. Coordinate-
+    wise transforms (Adam's normalisation) act in the basis's coordinates, which for a rotated
+    basis is not the same as Adam on ``theta`` followed by a projection.
 
     Parameters
     ----------
@@ -978,23 +1055,36 @@ def restricted_training(
 
     @jax.jit
     def run(B):
-        def loss_c(c, batch):
-            return loss_fn(unravel(theta0 + jnp.matmul(B, c, precision=_HI)), batch)
+        # The optimizer runs on x = B^T theta, the coordinates of theta in span(B), from
+        # x0 = B^T theta_0; theta = theta_0 + B (x - x0). Gradients are B^T grad; transforms that
+        # read the parameters (weight decay) see B^T theta, so they act on theta projected,
+        # not on the displacement from theta_0.
+        x0 = jnp.matmul(theta0, B, precision=_HI)
 
-        c = make_train_fn(loss_c, optimizer, batches)(jnp.zeros(B.shape[1], dt))
-        return eval_fn(unravel(theta0 + jnp.matmul(B, c, precision=_HI)))
+        def params(x):
+            return unravel(theta0 + jnp.matmul(B, x - x0, precision=_HI))
+
+        x = make_train_fn(lambda x, batch: loss_fn(params(x), batch), optimizer, batches)(x0)
+        return eval_fn(params(x))
 
     out: dict = {"ks": [int(k) for k in ks]}
+    P = theta0.shape[0]
     for name, basis in bases.items():
-        basis = jnp.asarray(_np(basis), dt)
+        basis = _np(basis)
+        if basis.ndim != 2 or basis.shape[0] != P:
+            raise ValueError(
+                f"restricted_training: basis {name!r} must be ({P}, k_max) columns, "
+                f"got shape {basis.shape}."
+            )
+        basis = jnp.asarray(basis, dt)
         vals = []
         for k in ks:
             if not 1 <= int(k) <= basis.shape[1]:
                 vals.append(float("nan"))
                 continue
-            # Zero-pad to a power of two: columns of zeros get zero gradient, so their
-            # coefficients stay 0 (any optax transform maps a zero gradient history to a zero
-            # update); one compile serves each size bucket instead of one per k.
+            # Zero-pad to a power of two: a zero column has coordinate x0 = 0 and zero gradient,
+            # so it stays 0 (any optax transform, weight decay included, maps zero parameters and
+            # a zero gradient history to a zero update); one compile serves each size bucket.
             k = int(k)
             width = min(basis.shape[1], 1 << (k - 1).bit_length())
             B = basis[:, :width] if width == k else basis[:, :width].at[:, k:].set(0.0)
