@@ -80,6 +80,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.flatten_util import ravel_pytree
 
 from ._analysis_overlap import (
@@ -835,8 +836,9 @@ def perturbation_response(
     sigma = float(sigma)
     if not np.isfinite(sigma) or sigma <= 0.0:
         raise ValueError(
-            f"perturbation_response: sigma = |J v| = {sigma}; it must be finite and positive (v in "
-            "J's nullspace or a failed product leaves no direction u to compare with)."
+            f"perturbation_response: sigma = {sigma} (given, or |J v|); it must be finite and "
+            "positive (v in J's nullspace or a failed product leaves no direction u to compare "
+            "with)."
         )
     u = _np(u)
     if u.shape != (P,):
@@ -1001,6 +1003,43 @@ def _max_kl_fn(apply: Callable, unravel: Callable, divergence: str) -> Callable:
 # ------------------------------------------------------------------------------------------
 
 
+def _confined(optimizer: Any, project: Callable) -> Any:
+    """``optimizer`` confined to a subspace: it gets ``project(grads)`` and its updates are
+    projected. Extra update arguments (``value``, ``grad``, ``value_fn``) are passed on, with
+    ``grad`` projected too."""
+    extra = isinstance(optimizer, optax.GradientTransformationExtraArgs)
+
+    def update(grads, state, params=None, **kwargs):
+        g = project(grads)
+        if extra:
+            kwargs = {**kwargs, "grad": g} if "grad" in kwargs else kwargs
+            updates, state = optimizer.update(g, state, params, **kwargs)
+        else:
+            updates, state = optimizer.update(g, state, params)
+        return project(updates), state
+
+    cls = optax.GradientTransformationExtraArgs if extra else optax.GradientTransformation
+    return cls(optimizer.init, update)
+
+
+def _check_orthonormal(B: np.ndarray, name: str, eps: float) -> None:
+    """Cheap ``O(P k)`` check that ``B`` has orthonormal columns: unit norms and ``B^T B z = z``
+    for a random ``z``. Tolerance ``max(1e-4, 10 k eps)``, above the rounding of a basis
+    orthonormalised in the working precision."""
+    k = B.shape[1]
+    z = np.random.default_rng(0).standard_normal(k)
+    z /= np.linalg.norm(z)
+    norm_err = np.max(np.abs(np.linalg.norm(B, axis=0) - 1.0)) if k else 0.0
+    gram_err = np.linalg.norm(B.T @ (B @ z) - z)
+    tol = max(1e-4, 10 * k * eps)
+    if not (norm_err <= tol and gram_err <= tol):
+        raise ValueError(
+            f"restricted_training: basis {name!r} is not orthonormal (column norms off by "
+            f"{norm_err:.2e}, |B^T B z - z| = {gram_err:.2e} > {tol:.1e}); orthonormalise it "
+            "first, e.g. numpy.linalg.qr(B)[0]."
+        )
+
+
 def restricted_training(
     J: Any,
     bases: Mapping[str, Any],
@@ -1014,16 +1053,21 @@ def restricted_training(
 ) -> dict:
     r"""Train only within the span of the first ``k`` columns of each basis; ``eval_fn`` after.
 
-    With ``B`` the first ``k`` columns of an orthonormal basis, trains ``theta = theta_0 +
-    B (x - x_0)`` over the coordinates ``x`` (from ``x_0 = B^T theta_0``) with the same loss,
-    optimizer and batches as ``J.train_fn`` (a :func:`matfree_tj.make_train_fn` run; otherwise
-    pass ``loss_fn``, ``optimizer``, ``batches``). The optimizer sees the projected gradient
-    ``B^T grad`` and the projected parameters ``x = B^T theta`` (so weight decay, coupled or
-    decoupled as in ``adamw``, shrinks ``theta``'s component in the span, as it would
-    unconstrained). Hence SGD (with momentum, weight decay) is exactly projected training, and an
-    identity basis with ``k = P`` reproduces the unconstrained run for any optimizer. Coordinate-
-    wise transforms (Adam's normalisation) act in the basis's coordinates, which for a rotated
-    basis is not the same as Adam on ``theta`` followed by a projection.
+    With ``B`` the first ``k`` columns of an orthonormal basis and ``Pi = B B^T``, runs the same
+    loss, optimizer and batches as ``J.train_fn`` (a :func:`matfree_tj.make_train_fn` run;
+    otherwise pass ``loss_fn``, ``optimizer``, ``batches``) from ``theta_0``, with the optimizer
+    confined to the span: it receives the projected gradient ``Pi grad`` and each update it
+    returns is projected, ``theta <- theta + Pi update``. The optimizer itself runs unchanged on
+    the parameter pytree, so per-leaf behaviour (masks, ``multi_transform``, LAMB's trust ratio,
+    Adafactor's factored moments) and parameter-dependent transforms (weight decay pulls
+    ``theta`` toward 0, not toward ``theta_0``) are those of the normal run. Hence:
+
+    * SGD, with momentum, Nesterov, weight decay and schedules, is exactly projected gradient
+      descent: ``theta <- theta - lr Pi (grad + wd theta)`` (and its momentum recursion);
+    * any full basis (``k = P``, e.g. a rotation) reproduces the unconstrained run for any
+      optimizer, since then ``Pi = I``;
+    * for coordinate-wise optimizers (Adam) with a rotated basis it is Adam on the projected
+      gradient with the step projected back, not Adam on the coordinates ``B^T theta``.
 
     Parameters
     ----------
@@ -1031,16 +1075,18 @@ def restricted_training(
         A :class:`~matfree_tj.TrainingJacobian` (``params0_flat``, ``unravel``, ``train_fn``).
     bases
         Name (e.g. ``"bulk"``, ``"complement"``, ``"chaotic"``, ``"stable"``) -> ``(P, k_max)``
-        orthonormal columns in order of priority.
+        orthonormal columns in order of priority (checked: column norms and ``B^T B z = z`` for
+        a random ``z``). The names ``"ks"``, ``"unconstrained"`` and ``"initial"`` are taken.
     ks
-        Subspace sizes (each ``<= k_max`` of every basis; larger ones are skipped, ``nan``).
+        Subspace sizes, positive integers (a ``k`` above a basis's width gives ``nan`` for it).
     eval_fn
         ``eval_fn(params_pytree) -> scalar`` (e.g. the test loss).
 
     Returns ``{"ks": ks, name: [eval per k], "unconstrained": eval of the normal run,
-    "initial": eval at theta_0}``. Cost: one training run per (name, k), each step adding two
-    ``(P, w)`` matrix-vector products, ``w`` the next power of two above ``k`` (capped at the basis
-    width): the bases are zero-padded to ``w`` so one compile serves each size bucket.
+    "initial": eval at theta_0}``. Cost: one training run per (name, k), each step adding four
+    ``(P, w)`` matrix-vector products (projecting the gradient and the update), ``w`` the next
+    power of two above ``k`` (capped at the basis width): the bases are zero-padded to ``w``
+    (zero columns leave ``Pi`` unchanged) so one compile serves each size bucket.
     """
     tf = J.train_fn
     loss_fn = loss_fn if loss_fn is not None else getattr(tf, "loss_fn", None)
@@ -1052,22 +1098,25 @@ def restricted_training(
             "a J.train_fn built by matfree_tj.make_train_fn)."
         )
     theta0, unravel, dt = J.params0_flat, J.unravel, J.dtype
+    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1]
+    if bad:
+        raise ValueError(f"restricted_training: ks must be positive integers, got {bad}.")
+    ks = [int(k) for k in ks]
+    taken = {"ks", "unconstrained", "initial"} & set(bases)
+    if taken:
+        raise ValueError(f"restricted_training: basis names {sorted(taken)} are taken by results.")
 
     @jax.jit
     def run(B):
-        # The optimizer runs on x = B^T theta, the coordinates of theta in span(B), from
-        # x0 = B^T theta_0; theta = theta_0 + B (x - x0). Gradients are B^T grad; transforms that
-        # read the parameters (weight decay) see B^T theta, so they act on theta projected,
-        # not on the displacement from theta_0.
-        x0 = jnp.matmul(theta0, B, precision=_HI)
+        def project(tree):
+            flat, unflatten = ravel_pytree(tree)
+            coef = jnp.matmul(flat.astype(B.dtype), B, precision=_HI)
+            return unflatten(jnp.matmul(B, coef, precision=_HI).astype(flat.dtype))
 
-        def params(x):
-            return unravel(theta0 + jnp.matmul(B, x - x0, precision=_HI))
+        confined = _confined(optimizer, project)
+        return eval_fn(make_train_fn(loss_fn, confined, batches)(unravel(theta0)))
 
-        x = make_train_fn(lambda x, batch: loss_fn(params(x), batch), optimizer, batches)(x0)
-        return eval_fn(params(x))
-
-    out: dict = {"ks": [int(k) for k in ks]}
+    out: dict = {"ks": ks}
     P = theta0.shape[0]
     for name, basis in bases.items():
         basis = _np(basis)
@@ -1076,21 +1125,20 @@ def restricted_training(
                 f"restricted_training: basis {name!r} must be ({P}, k_max) columns, "
                 f"got shape {basis.shape}."
             )
+        _check_orthonormal(basis, name, np.finfo(np.dtype(dt)).eps)
         basis = jnp.asarray(basis, dt)
         vals = []
         for k in ks:
-            if not 1 <= int(k) <= basis.shape[1]:
+            if k > basis.shape[1]:
                 vals.append(float("nan"))
                 continue
-            # Zero-pad to a power of two: a zero column has coordinate x0 = 0 and zero gradient,
-            # so it stays 0 (any optax transform, weight decay included, maps zero parameters and
-            # a zero gradient history to a zero update); one compile serves each size bucket.
-            k = int(k)
+            # Zero-pad to a power of two: zero columns add nothing to B B^T, so the run is the
+            # same; one compile serves each size bucket instead of one per k.
             width = min(basis.shape[1], 1 << (k - 1).bit_length())
             B = basis[:, :width] if width == k else basis[:, :width].at[:, k:].set(0.0)
             vals.append(float(run(B)))
             if progress is not None:
-                progress(f"restricted training: {name} k={int(k)} -> {vals[-1]:.4f}")
+                progress(f"restricted training: {name} k={k} -> {vals[-1]:.4f}")
         out[name] = vals
     out["unconstrained"] = float(eval_fn(J.unravel(J.params_T_flat)))
     out["initial"] = float(eval_fn(J.unravel(theta0)))

@@ -125,6 +125,23 @@ def test_restricted_training_identity_basis_is_unconstrained_with_weight_decay(n
     assert out["id"][0] == pytest.approx(out["unconstrained"], rel=1e-10), name
 
 
+def test_restricted_training_keeps_the_optimizers_per_leaf_behaviour():
+    # adamw decaying only the matrices (a mask over leaves), and LAMB's per-leaf trust ratio:
+    # any full basis (Pi = I) reproduces the normal run; zero-padding (k=5 -> width 8) does not
+    # change a run, even for transforms that average over parameters.
+    mask = lambda p: jax.tree_util.tree_map(lambda a: a.ndim > 1, p)  # noqa: E731
+    norm = lambda p: jnp.sum(jnp.square(jax.flatten_util.ravel_pytree(p)[0]))  # noqa: E731
+    adamw = optax.adamw(0.05, eps_root=1e-8, weight_decay=0.5, mask=mask)
+    for opt in (adamw, optax.lamb(0.05, eps_root=1e-8)):
+        J, _, _ = _tiny_regression(opt)
+        P = J.shape[0]
+        Q, _ = np.linalg.qr(np.asarray(jax.random.normal(jax.random.key(7), (P, P))))
+        out = an.restricted_training(J, {"rot": Q, "five": Q[:, :5]}, [5, P], eval_fn=norm)
+        assert out["rot"][1] == pytest.approx(out["unconstrained"], rel=1e-9)
+        assert out["rot"][0] == pytest.approx(out["five"][0], rel=1e-12)
+        assert np.isnan(out["five"][1])
+
+
 def test_restricted_training_is_projected_sgd_with_weight_decay():
     lr_, wd, T = 0.2, 0.3, 6
     opt = optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr_))
@@ -150,6 +167,12 @@ def test_restricted_training_is_projected_sgd_with_weight_decay():
     assert out["rot"][1] == pytest.approx(out["unconstrained"], rel=1e-10)
     with pytest.raises(ValueError, match=r"must be \(18, k_max\)"):
         an.restricted_training(J, {"bad": Q[:-1]}, [5], eval_fn=eval_fn)
+    with pytest.raises(ValueError, match="not orthonormal"):
+        an.restricted_training(J, {"scaled": 3 * Q}, [5], eval_fn=eval_fn)
+    with pytest.raises(ValueError, match="positive integers"):
+        an.restricted_training(J, {"rot": Q}, [2.7, 0], eval_fn=eval_fn)
+    with pytest.raises(ValueError, match="taken"):
+        an.restricted_training(J, {"initial": Q}, [5], eval_fn=eval_fn)
 
 
 # ------------------------------------------------------------------------ perturbation ---
