@@ -210,10 +210,30 @@ def _log(args):
 def _setup(args, parser) -> None:
     if not 0.0 <= args.lo <= 1.0 <= args.hi:
         parser.error(f"expected 0 <= --lo <= 1 <= --hi, got --lo {args.lo} --hi {args.hi}")
+    _check_outputs(args, parser)
     if args.dtype == "float64":
         import jax
 
         jax.config.update("jax_enable_x64", True)
+
+
+def _check_outputs(args, parser) -> None:
+    """Fail before any compute if the results could not be written (a run can take minutes)."""
+    folders = []
+    if args.command == "study" or not getattr(args, "no_plot", False):
+        folders.append(("--out", args.out))
+    path = getattr(args, "json", None)
+    if path:
+        if os.path.isdir(path):
+            parser.error(f"--json {path} is a folder; give a file path, e.g. {path}/spectrum.json")
+        folders.append(("--json", os.path.dirname(os.path.abspath(path))))
+    for option, folder in folders:
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            parser.error(f"{option}: cannot create the folder {folder!r} ({e.strerror})")
+        if not os.access(folder, os.W_OK):
+            parser.error(f"{option}: the folder {folder!r} is not writable")
 
 
 def _spectrum(args, parser) -> int:
@@ -435,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
         # options that only the model can check (num_steps <= P, a product budget too small
         # for the run): a usage error naming the problem, not a traceback
         parser.error(str(e))
+    except OSError as e:  # writing the results failed after the checks (disk full, removed)
+        print(f"matfree-tj: cannot write the results: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -46,6 +46,27 @@ def test_bad_options_exit_nonzero_with_message(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_unusable_output_paths_fail_before_any_compute(tmp_path, capsys, monkeypatch):
+    from matfree_tj import _analysis_study
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("the output path should be refused before any compute")
+
+    monkeypatch.setattr(_analysis_study, "build_model", no_compute)
+    monkeypatch.setattr(_analysis_study, "run_study", no_compute)
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for argv, message in [
+        (["spectrum", "--quick", "--out", str(afile)], "--out: cannot create the folder"),
+        (["spectrum", "--quick", "--no-plot", "--json", str(tmp_path)], "is a folder"),
+        (["spectrum", "--quick", "--json", str(afile / "x.json")], "--json: cannot create"),
+        (["study", "--quick", "--out", str(afile / "sub")], "--out: cannot create the folder"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err, argv
+
+
 def _check_spectrum_json(path, backend):
     with open(path) as f:
         d = json.load(f)
