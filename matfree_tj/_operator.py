@@ -19,7 +19,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
     "LinearOperator",
@@ -30,8 +30,21 @@ __all__ = [
 ]
 
 
+def _as_array(x: Any, what: str, expected: str) -> jax.Array:
+    """``x`` as an array, or a clear error for a parameter pytree (dict, module, tuple of
+    arrays) passed where a flat vector belongs."""
+    try:
+        return jnp.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"{what}: expected {expected}, got a {type(x).__name__} that is not an array "
+            f"({e}). Flatten parameter pytrees first: "
+            "vec, unravel = jax.flatten_util.ravel_pytree(tree)."
+        ) from None
+
+
 def _check_vector(x: Any, n: int, dtype: Any, what: str) -> jax.Array:
-    x = jnp.asarray(x)
+    x = _as_array(x, what, f"a vector of shape ({n},)")
     if x.ndim != 1 or x.shape[0] != n:
         raise ValueError(
             f"{what}: expected a vector of shape ({n},), got shape {tuple(x.shape)}. "
@@ -46,7 +59,7 @@ def _check_vector(x: Any, n: int, dtype: Any, what: str) -> jax.Array:
 
 
 def _check_block(x: Any, n: int, dtype: Any, what: str) -> jax.Array:
-    x = jnp.asarray(x)
+    x = _as_array(x, what, f"a block of shape ({n}, k)")
     if x.ndim != 2 or x.shape[0] != n:
         raise ValueError(
             f"{what}: expected a block of shape ({n}, k), got shape {tuple(x.shape)}. "
@@ -131,6 +144,12 @@ def _block_apply(fn: Callable, X: jax.Array, chunk_size: int, mesh: Mesh | None)
     pad = (-k) % num_dev
     Xp = jnp.pad(X, ((0, 0), (0, pad)))
     spec = PartitionSpec(None, axis)
+    explicit = any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ()))
+    if explicit:
+        # jax.make_mesh gives Explicit axes: shard_map then needs the input laid out as its
+        # in_specs say, and the sharded output cannot be sliced to k columns in place (with
+        # Auto axes both happen by themselves)
+        Xp = jax.sharding.reshard(Xp, NamedSharding(mesh, spec))
     local = jax.shard_map(
         lambda Xl: _chunked_vmap(fn, Xl, chunk_size),
         mesh=mesh,
@@ -138,7 +157,10 @@ def _block_apply(fn: Callable, X: jax.Array, chunk_size: int, mesh: Mesh | None)
         out_specs=spec,
         check_vma=False,
     )
-    return local(Xp)[:, :k]
+    Y = local(Xp)
+    if explicit:
+        Y = jax.sharding.reshard(Y, NamedSharding(mesh, PartitionSpec()))
+    return Y[:, :k]
 
 
 class LinearOperator(eqx.Module):
@@ -244,15 +266,13 @@ class LinearOperator(eqx.Module):
     def to_scipy(self):
         """A :class:`scipy.sparse.linalg.LinearOperator` view (float64 numpy in and out).
 
-        Products are jit-compiled once; vectors are cast to the operator dtype on the way in.
+        The operator's own products are called (compiled once per operator, with their checks:
+        a non-finite product raises ``FloatingPointError`` here too); vectors are cast to the
+        operator dtype on the way in.
         """
         import scipy.sparse.linalg as spla
 
-        # closures, not bound methods: a subclass with array fields (Projected) is unhashable
-        mv = jax.jit(lambda x: self.mv(x))
-        rmv = jax.jit(lambda x: self.rmv(x))
-        mm = jax.jit(lambda x: self.matmat(x))
-        rmm = jax.jit(lambda x: self.rmatmat(x))
+        mv, rmv, mm, rmm = self.mv, self.rmv, self.matmat, self.rmatmat
         dt = self.dtype
 
         def wrap(f):

@@ -69,6 +69,23 @@ def _num_steps(batches: Any) -> int:
     return T
 
 
+def _reject_list_of_steps(batches: Any) -> None:
+    """A Python list of per-step batches (``[(x0, y0), (x1, y1), ...]``) is a pytree too, but
+    its leaves' leading axis is the batch, not the step: say so instead of training on it."""
+    if not isinstance(batches, list) or not batches:
+        return
+    structs = {jax.tree_util.tree_structure(b) for b in batches}
+    if len(structs) != 1 or jax.tree_util.treedef_is_leaf(next(iter(structs))):
+        return  # e.g. [X_steps, y_steps]: a list of stacked arrays is fine
+    sizes = {int(np.shape(x)[0]) if np.ndim(x) else -1 for x in jax.tree_util.tree_leaves(batches)}
+    if sizes != {len(batches)}:
+        raise TypeError(
+            f"batches is a list of {len(batches)} per-step batches; make_train_fn wants one "
+            "pytree whose leaves have a leading step axis. Stack them: "
+            "batches = jax.tree.map(lambda *b: jnp.stack(b), *batches)."
+        )
+
+
 def _warn_adam_eps_root(optimizer: optax.GradientTransformation) -> None:
     """Warn if the optimizer's init state contains an Adam-like transform with eps_root == 0."""
 
@@ -253,6 +270,7 @@ def make_train_fn(
     if checkpoint not in CHECKPOINT_MODES:
         raise ValueError(f"checkpoint must be one of {CHECKPOINT_MODES}, got {checkpoint!r}.")
     if not isinstance(batches, FullBatch):
+        _reject_list_of_steps(batches)
         batches = jax.tree_util.tree_map(jnp.asarray, batches)
     _num_steps(batches)
     _warn_adam_eps_root(optimizer)

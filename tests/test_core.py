@@ -200,11 +200,16 @@ def test_mesh_sharded_block_products(tiny_sgd):
     devices = jax.devices()
     if len(devices) < 2:
         pytest.skip("needs several devices (XLA_FLAGS=--xla_force_host_platform_device_count=4)")
-    mesh = jax.sharding.Mesh(np.array(devices), ("cols",))
-    Jm = mtj.training_jacobian(m.train_fn, m.params0, mesh=mesh, chunk_size=4)
     V = jax.random.normal(jax.random.key(2), (J.shape[0], 10))  # 10 columns over 4 devices
-    np.testing.assert_allclose(Jm.matmat(V), J.matmat(V), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(Jm.rmatmat(V), J.rmatmat(V), rtol=1e-12, atol=1e-12)
+    # a plain Mesh has Auto axes; jax.make_mesh gives Explicit ones (sharding in the types)
+    for mesh in (
+        jax.sharding.Mesh(np.array(devices), ("cols",)),
+        jax.make_mesh((len(devices),), ("cols",)),
+    ):
+        Jm = mtj.training_jacobian(m.train_fn, m.params0, mesh=mesh, chunk_size=4)
+        np.testing.assert_allclose(Jm.matmat(V), J.matmat(V), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(Jm.rmatmat(V), J.rmatmat(V), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(jax.jit(Jm.matmat)(V[:, :3]), J.matmat(V[:, :3]), atol=1e-12)
 
 
 # ---------------------------------------------------------------- closed forms --------------
@@ -301,6 +306,14 @@ def test_schedules():
     assert not np.array_equal(s1[1][:2], s1[1][2:4])  # reshuffled per epoch
     with pytest.raises(ValueError, match="batch_size"):
         mtj.minibatch_schedule((X, y), 11, 1)
+    # a Python list of per-step (x, y) batches: the leading axis would be read as 5 steps
+    loss = lambda w, batch: jnp.mean((batch[0][:, 0] * w[0] - batch[1]) ** 2)  # noqa: E731
+    per_step = [(X[:5], y[:5]), (X[5:], y[5:])]
+    with pytest.raises(TypeError, match="list of 2 per-step batches"):
+        mtj.make_train_fn(loss, optax.sgd(0.1), per_step)
+    stacked = jax.tree.map(lambda *b: jnp.stack(b), *per_step)  # the fix the message gives
+    assert mtj.make_train_fn(loss, optax.sgd(0.1), stacked).num_steps == 2
+    assert mtj.make_train_fn(loss, optax.sgd(0.1), list(stacked)).num_steps == 2
 
 
 # ---------------------------------------------------------------- composition ---------------
@@ -361,6 +374,10 @@ def test_bad_vectors(tiny_sgd):
         J.rmv(jnp.ones(P, jnp.int32))
     with pytest.raises(ValueError, match="block"):
         J.matmat(jnp.ones(P))
+    with pytest.raises(TypeError, match="ravel_pytree"):  # a parameter pytree, not flattened
+        J.mv({"w": jnp.ones(P - 1), "b": jnp.ones(1)})
+    with pytest.raises(TypeError, match="ravel_pytree"):
+        J.rmatmat({"w": jnp.ones((P, 2))})
 
 
 def test_integer_params_rejected():
@@ -390,6 +407,11 @@ def test_non_finite_product_rejected():
         J.mv(jnp.ones(2))
     with pytest.raises(Exception, match="NaN or inf"):
         jax.jit(J.matmat)(jnp.ones((2, 2)))
+    sp = J.to_scipy()  # scipy callers get the same error, not an internal callback failure
+    with pytest.raises(FloatingPointError, match="NaN or inf"):
+        sp.matvec(np.ones(2))
+    with pytest.raises(FloatingPointError, match="NaN or inf"):
+        sp.matmat(np.ones((2, 2)))
     raw = mtj.training_jacobian(lambda p: jnp.sqrt(p), jnp.array([0.0, 1.0]), check_finite=False)
     assert not bool(jnp.all(jnp.isfinite(raw.mv(jnp.ones(2)))))
 
