@@ -43,6 +43,24 @@ def _as_array(x: Any, what: str, expected: str) -> jax.Array:
         ) from None
 
 
+def _check_signature(fn: Callable, n_in: int, n_out: int, dtype: Any, what: str) -> None:
+    """Trace ``fn`` abstractly (no compile, no compute) and check it maps ``(n_in,)`` to
+    ``(n_out,)`` in ``dtype``. A function that cannot be traced abstractly is left to fail at
+    its first product, with its own error."""
+    try:
+        out = jax.eval_shape(fn, jax.ShapeDtypeStruct((n_in,), dtype))
+    except Exception:  # noqa: BLE001 - e.g. host callbacks needing values; checked at first use
+        return
+    got = (tuple(getattr(out, "shape", ())), getattr(out, "dtype", type(out).__name__))
+    if got != ((n_out,), jnp.dtype(dtype)):
+        raise TypeError(
+            f"LinearOperator: {what} maps a ({n_in},) {jnp.dtype(dtype).name} vector to "
+            f"shape {got[0]} dtype {got[1]}, but the operator declares ({n_out},) "
+            f"{jnp.dtype(dtype).name}. Make {what} return the declared shape and dtype "
+            "(e.g. cast with .astype), or declare the shape/dtype it returns."
+        )
+
+
 def _check_vector(x: Any, n: int, dtype: Any, what: str) -> jax.Array:
     x = _as_array(x, what, f"a vector of shape ({n},)")
     if x.ndim != 1 or x.shape[0] != n:
@@ -215,6 +233,10 @@ class LinearOperator(eqx.Module):
         self.rmv_fn = rmv if _compiled(rmv) else jax.jit(rmv)
         self.shape = shape
         self.dtype = jnp.dtype(dtype)
+        # The solvers call the raw products; a function returning another shape or dtype than
+        # declared would fail deep inside them (or run on in the wrong precision): check once.
+        _check_signature(self.mv_fn, shape[1], shape[0], self.dtype, "mv")
+        _check_signature(self.rmv_fn, shape[0], shape[1], self.dtype, "rmv")
         self.chunk_size = int(chunk_size)
         self.mesh = mesh
         self.check_finite = bool(check_finite)

@@ -318,12 +318,20 @@ class SpectralDensity:
         if self.num_steps >= self.dim - self.num_deflated:
             return  # a complete Krylov space: the quadrature is exact for any interval
         if np.isfinite(lo) and np.isfinite(hi) and hi - lo < self.resolution:
-            needed = int(math.ceil(math.pi * self.sigma_max / (2.0 * (hi - lo))))
+            # steps that resolve the width, but never more than a complete Krylov space
+            complete = self.dim - self.num_deflated
+            width = hi - lo
+            needed = (
+                complete
+                if width <= 0
+                else min(complete, int(math.ceil(math.pi * self.sigma_max / (2.0 * width))))
+            )
             warnings.warn(
-                f"The interval [{lo:.4g}, {hi:.4g}] (width {hi - lo:.3g}) is narrower than the "
+                f"The interval [{lo:.4g}, {hi:.4g}] (width {width:.3g}) is narrower than the "
                 f"quadrature resolution ~{self.resolution:.3g} of num_steps={self.num_steps} "
                 f"with sigma_max~{self.sigma_max:.3g}: the count may be biased. Use "
-                f"num_steps >= {needed}.",
+                f"num_steps >= {needed}"
+                + (" (a complete Krylov space: exact)." if needed == complete else "."),
                 ResolutionWarning,
                 stacklevel=3,
             )

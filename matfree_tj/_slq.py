@@ -52,6 +52,18 @@ __all__ = ["singular_value_density", "region_counts"]
 _HI = jax.lax.Precision.HIGHEST
 
 
+def _small_svd(R: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SVD of a projected bidiagonal-like matrix. LAPACK's divide and conquer (gesdd) can fail
+    to converge on the graded matrices of a Krylov space long past its breakdown; the slower
+    QR iteration (gesvd) does not, so it is the fallback."""
+    try:
+        return np.linalg.svd(R)
+    except np.linalg.LinAlgError:
+        import scipy.linalg
+
+        return scipy.linalg.svd(R, lapack_driver="gesvd")
+
+
 @eqx.filter_jit
 def _slq_batch(op: LinearOperator, Z, keys, num_steps: int, batch_size: int):
     """For unit probes ``Z`` (rows): projected matrices ``R`` (``(num_probes, m, m)``), the
@@ -188,7 +200,7 @@ def singular_value_density(
         weights = np.empty((num_probes, m))
         cross = np.empty((num_probes, m))
         for p in range(num_probes):
-            X, S, Yt = np.linalg.svd(R[p, :m, :m])
+            X, S, Yt = _small_svd(R[p, :m, :m])
             nodes[p] = S[::-1]
             y1 = Yt[::-1, 0]  # first components of the right singular vectors of R
             weights[p] = y1**2

@@ -361,6 +361,18 @@ def test_composition_of_operators_with_their_own_products():
 
 
 # ---------------------------------------------------------------- bad input -----------------
+def test_operator_checks_what_its_products_return(x64):
+    A = np.random.default_rng(0).standard_normal((5, 4))
+    ok = mtj.LinearOperator(lambda v: A @ v, lambda u: A.T @ u, A.shape, jnp.float64)
+    assert ok.mv(jnp.ones(4)).shape == (5,)
+    with pytest.raises(TypeError, match=r"mv maps a .4,. float64 .* dtype float32"):
+        mtj.LinearOperator(
+            lambda v: (A @ v).astype(jnp.float32), lambda u: A.T @ u, A.shape, jnp.float64
+        )
+    with pytest.raises(TypeError, match="rmv maps a .5,. float64 vector to shape .5,."):
+        mtj.LinearOperator(lambda v: A @ v, lambda u: u, A.shape, jnp.float64)
+
+
 def test_bad_vectors(tiny_sgd):
     _, J = tiny_sgd
     P = J.shape[0]

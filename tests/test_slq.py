@@ -217,6 +217,29 @@ def test_too_few_steps_warns(diag400):
         d.count(1.0, 1.01)
 
 
+def test_zero_width_interval_warns_instead_of_dividing_by_zero(diag400):
+    _, op = diag400
+    d = mtj.singular_value_density(op, key=jax.random.key(0), num_probes=2, num_steps=20)
+    with pytest.warns(mtj.ResolutionWarning, match="num_steps >= 400 .a complete Krylov"):
+        count, _ = d.count(1.0, 1.0)
+    assert 0.0 <= count <= 400.0
+
+
+def test_small_svd_falls_back_to_qr_iteration(monkeypatch):
+    from matfree_tj import _slq
+
+    R = np.triu(np.random.default_rng(0).standard_normal((30, 30)))
+    expected = np.linalg.svd(R, compute_uv=False)
+
+    def failing(*args, **kwargs):  # what gesdd does on some graded matrices past breakdown
+        raise np.linalg.LinAlgError("SVD did not converge")
+
+    monkeypatch.setattr(np.linalg, "svd", failing)
+    X, S, Yt = _slq._small_svd(R)
+    np.testing.assert_allclose(S, expected, rtol=1e-12)
+    np.testing.assert_allclose((X * S) @ Yt, R, atol=1e-12)
+
+
 def test_one_probe_interval_makes_no_claim(diag400):
     # one probe cannot estimate its own sampling error (stderr NaN): the 95% range must not
     # shrink to the quadrature bounds of that one probe, which miss the truth most of the time
