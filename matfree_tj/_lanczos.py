@@ -60,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._operator import LinearOperator, Projected, Swapped, product_fns
+from ._operator import LinearOperator, Projected, Raised, Swapped, product_fns
 from ._results import SingularTriplets
 
 __all__ = ["top_singular", "bottom_singular", "gkl_cycle", "gkl_block_cycle"]
@@ -462,6 +462,7 @@ def finalise(
         tol=float(tol),
         atol=float(atol),
         num_restarts=int(num_restarts),
+        anorm=float(anorm),
     )
 
 
@@ -844,27 +845,41 @@ def _run(
         block_size=b,
         progress=progress,
     )
-    if verify and which == "largest" and res.status == "converged" and k < min(op.shape):
-        res = _find_missed_top(
-            op, res, key=k_check, tol=tol, atol=atol, max_products=max_products, progress=progress
+    if verify and res.status == "converged" and k < min(op.shape):
+        res = _find_missed(
+            op,
+            res,
+            which=which,
+            key=k_check,
+            tol=tol,
+            atol=atol,
+            max_products=max_products,
+            progress=progress,
         )
     return res
 
 
-def _find_missed_top(op, res, *, key, tol, atol, max_products, progress):
-    r"""Look for singular values above ``s_k`` that the Krylov space missed, and take them in.
+def _find_missed(op, res, *, which, key, tol, atol, max_products, progress):
+    r"""Look for singular values beyond ``s_k`` that the Krylov space missed, and take them in.
 
     A single-vector Krylov space holds one direction per distinct singular value, so copies of
-    a repeated value (or values it reached too late) can be missing from a top-k whose every
-    residual is small: each flagged value is a true singular value, but not necessarily the
-    i-th. The check runs Lanczos for the largest triplet of the deflated operator
-    :math:`(I - U U^T) A (I - V V^T)` from a fresh random start; its singular values are the
-    ones not yet found. If that value is certified above ``s_k`` (residual intervals
-    disjoint), it joins the set, the smallest leaves, and the check repeats; otherwise the
-    top-k stands. Cost: one small Lanczos run per round (typically 40-150 products), all
-    counted in ``num_products``; if the budget runs out first, ``status`` says
-    ``"unverified"``.
+    a repeated value (or values it reached too late) can be missing from a top-k (bottom-k)
+    whose every residual is small: each flagged value is a true singular value, but not
+    necessarily the i-th. The check runs Lanczos for the one extreme triplet of an operator
+    whose other singular values are the ones not yet found, from a fresh random start:
+
+    * top: the deflated :math:`(I - U U^T) A (I - V V^T)` (found values become 0);
+    * bottom: :math:`A + U (c I - S) V^T` with ``c`` the largest Ritz value seen (found values
+      become ``c``; deflating them to 0 would make them the smallest).
+
+    If that value is certified beyond ``s_k`` (residual intervals disjoint) it joins the set,
+    the innermost leaves, and the check repeats; if it is certified on the far side (or ties
+    with ``s_k``) the result stands. A bottom search that does not converge cannot certify
+    anything (a Ritz value bounds the smallest value only from above): ``"unverified"``.
+    Cost: one small Lanczos run per round, counted in ``num_products``; if the budget runs out
+    first, ``status`` says ``"unverified"``.
     """
+    top = which == "largest"
     M, N = op.shape
     r = min(M, N)
     dtype = op.dtype
@@ -875,27 +890,34 @@ def _find_missed_top(op, res, *, key, tol, atol, max_products, progress):
     found_s, found_U, found_V = [s], [U], [V]
     rounds = 0
     status = "converged"
+    lift = max(float(res.anorm), 2.0 * float(np.max(s))) if not top else 0.0
+    if not top and not lift > 0:
+        lift = 1.0  # every value found is 0 and no larger Ritz value was seen
     while True:
         Ua, Va = np.concatenate(found_U, axis=1), np.concatenate(found_V, axis=1)
         if Ua.shape[1] >= r - 1:
             break
-        mb = min(r - Ua.shape[1], 20)
+        mb = min(r - Ua.shape[1], 20 if top else 80)
         left = max_products - used
         if left < 2 * mb + 2:
             status = "unverified"
             break
         key, k_start = jax.random.split(key)
-        D = Projected(op, jnp.asarray(Ua, dtype), jnp.asarray(Va, dtype))
+        Uj, Vj = jnp.asarray(Ua, dtype), jnp.asarray(Va, dtype)
+        if top:
+            D = Projected(op, Uj, Vj)
+        else:
+            D = Raised(op, Uj, Vj, 2.0 * lift - np.concatenate(found_s))
         v0 = jax.random.normal(k_start, (N,), dtype)
-        kth = int(np.argmin(s))
+        kth = int(np.argmin(s) if top else np.argmax(s))
         margin_k = resid[kth] / math.sqrt(2)
         sub = _lanczos_svd(
             D,
             1,
             key=key,
-            which="largest",
+            which=which,
             tol=tol,
-            # the top-k's absolute tolerance (100 eps ||A|| unless given): the deflated operator's
+            # the k-set's absolute tolerance (100 eps ||A|| unless given): the deflated operator's
             # own norm can be ~0 (k at or above the rank), and a tolerance relative to it is
             # unreachable in floating point
             atol=res.atol if atol is None else atol,
@@ -903,35 +925,45 @@ def _find_missed_top(op, res, *, key, tol, atol, max_products, progress):
             keep=_default_keep(1, mb),
             max_products=left,
             v0=v0,
-            stop_below=s[kth] - margin_k,
+            stop_below=s[kth] - margin_k if top else None,
         )
         used += int(sub.num_products)
         rounds += 1
         s_new, r_new = float(sub.s[0]), float(sub.residuals[0]) / math.sqrt(2)
-        if s_new + r_new < s[kth] - margin_k:
-            break  # the largest value not yet found lies below s_k: the top-k stands
-        if s_new - r_new <= s[kth] + margin_k:
+        if top:
+            beyond = s_new - r_new > s[kth] + margin_k  # certified above s_k
+            inside = s_new + r_new < s[kth] - margin_k  # certified below: the top-k stands
+        else:
+            if not bool(sub.converged[0]):
+                status = "unverified"  # an unconverged Ritz value is only an upper bound
+                break
+            beyond = s_new + r_new < s[kth] - margin_k  # certified below s_k
+            inside = s_new - r_new > s[kth] + margin_k
+        if inside:
+            break
+        if not beyond:
             if bool(sub.converged[0]):
-                break  # a tie with s_k (a copy of the k-th value): the top-k stands
+                break  # a tie with s_k (a copy of the k-th value): the k-set stands
             status = "unverified"
             break
         if not bool(sub.converged[0]):
-            status = "unverified"  # a larger value exists, but its triplet did not converge
+            status = "unverified"  # a value beyond s_k exists, but its triplet did not converge
             break
         if progress is not None:
+            side = "above" if top else "below"
             progress(
-                f"lanczos (largest): a value {s_new:.6g} above s_k = {s[kth]:.6g} was "
+                f"lanczos ({which}): a value {s_new:.6g} {side} s_k = {s[kth]:.6g} was "
                 "missed (a repeated value?); taking it in and checking again"
             )
-        found_s.append(sub.s[:1])
+        found_s.append(np.asarray(sub.s[:1], np.float64))
         found_U.append(np.asarray(sub.U)[:, :1])
         found_V.append(np.asarray(sub.V)[:, :1])
-        # replace the smallest of the current top-k by the new value
+        # replace the innermost of the current k-set by the new value
         s = s.copy()
         U, V, resid = U.copy(), V.copy(), resid.copy()
         s[kth], U[:, kth], V[:, kth] = s_new, sub.U[:, 0], sub.V[:, 0]
         resid[kth] = float(sub.residuals[0])
-    order = np.argsort(-s)
+    order = np.argsort(-s if top else s)
     if rounds and len(found_s) > 1:
         out = finalise(
             op,
@@ -940,8 +972,8 @@ def _find_missed_top(op, res, *, key, tol, atol, max_products, progress):
             s[order],
             tol=res.tol,
             atol_rel=100,
-            anorm=float(np.max(s)),
-            which="largest",
+            anorm=max(float(np.max(s)), float(res.anorm)),
+            which=which,
             method=res.method,
             num_products=used,
             status="converged",
@@ -968,6 +1000,7 @@ def bottom_singular(
     v0: jax.Array | None = None,
     block_size: int = 1,
     progress: Callable[[str], None] | None = None,
+    verify: bool = True,
 ) -> SingularTriplets:
     r"""The ``k`` smallest singular triplets of a square ``op`` (ascending), with honest flags.
 
@@ -983,8 +1016,9 @@ def bottom_singular(
     :math:`r_i \le tol \cdot s_i + atol` (``atol`` defaults to ``100 eps ||A||``), which
     guarantees an exact singular value within :math:`r_i/\sqrt 2` of ``s[i]``. Values flagged
     unconverged are upper estimates (Ritz values from a subspace interlace from above) and
-    should not be trusted. A converged value may still not be the i-th smallest if the method
-    missed a value entirely (possible for multiple or tightly clustered values).
+    should not be trusted. A single-vector Krylov space can miss a value entirely (copies of a
+    repeated value, tight clusters); ``verify=True`` then checks for smaller values that were
+    missed, as :func:`top_singular` does for larger ones.
 
     Parameters
     ----------
@@ -1008,6 +1042,14 @@ def bottom_singular(
         Block products of ``b`` columns, as in :func:`top_singular`.
     progress
         Optional callable receiving one line per restart cycle, as in :func:`top_singular`.
+    verify
+        After convergence, look for a value below ``s_k`` that the Krylov space missed: a
+        Lanczos run for the smallest triplet of ``A`` with the found values raised to
+        ``2 ||A||`` (:class:`~matfree_tj._operator.Raised`); a value certified below ``s_k``
+        joins the result and the check repeats. The bottom end converges slowly, so this run
+        can cost as much as the first; if it does not converge within ``max_products``,
+        ``status="unverified"`` (the flags stay: each flagged value is still a true singular
+        value). ``False`` skips it.
 
     Returns
     -------
@@ -1053,4 +1095,5 @@ def bottom_singular(
         v0=v0,
         block_size=block_size,
         progress=progress,
+        verify=verify,
     )

@@ -379,6 +379,52 @@ class Projected(LinearOperator):
         return self._off(self.Vr, self.base.rmatmat(self._off(self.Ul, U)))
 
 
+class Raised(LinearOperator):
+    r"""``A + U_l diag(d) V_r^T`` for orthonormal columns ``U_l``, ``V_r`` ``(., a)``: with
+    ``A V_r = U_l S`` it moves those singular values from ``s_i`` to ``s_i + d_i`` and leaves the
+    others. Used to push found small singular values out of the way (``d = c - s`` for a large
+    ``c``) when looking for smaller ones that were missed; deflating them to zero, as
+    :class:`Projected` does, would make them the smallest instead. One product of ``A`` each.
+    """
+
+    base: LinearOperator
+    Ul: jax.Array
+    Vr: jax.Array
+    d: jax.Array
+
+    def __init__(self, base: LinearOperator, Ul: jax.Array, Vr: jax.Array, d: jax.Array):
+        super().__init__(
+            _through_base,
+            _through_base,
+            base.shape,
+            base.dtype,
+            chunk_size=base.chunk_size,
+            check_finite=base.check_finite,
+        )
+        self.base = base
+        self.Ul = jnp.asarray(Ul, base.dtype)
+        self.Vr = jnp.asarray(Vr, base.dtype)
+        self.d = jnp.asarray(d, base.dtype)
+
+    @staticmethod
+    def _lift(B, C, d, x):  # B diag(d) C^T x, for a vector or a block
+        c = jnp.matmul(C.T, x, precision=jax.lax.Precision.HIGHEST)
+        c = d * c if x.ndim == 1 else d[:, None] * c
+        return jnp.matmul(B, c, precision=jax.lax.Precision.HIGHEST)
+
+    def mv(self, v):
+        return self.base.mv(v) + self._lift(self.Ul, self.Vr, self.d, v)
+
+    def rmv(self, u):
+        return self.base.rmv(u) + self._lift(self.Vr, self.Ul, self.d, u)
+
+    def matmat(self, V):
+        return self.base.matmat(V) + self._lift(self.Ul, self.Vr, self.d, V)
+
+    def rmatmat(self, U):
+        return self.base.rmatmat(U) + self._lift(self.Vr, self.Ul, self.d, U)
+
+
 class Swapped(LinearOperator):
     """``A^T`` through the base operator's methods (``mv`` is ``A.rmv``, and so on)."""
 

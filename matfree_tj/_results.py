@@ -61,13 +61,16 @@ class SingularTriplets(eqx.Module):
         Operator products used (``mv`` and ``rmv`` each count one; a block product of ``b``
         columns counts ``b``).
     status
-        ``"converged"`` (all ``k`` flags set, and for :func:`top_singular` with
-        ``verify=True`` no larger value found missing), ``"max_products"`` (budget spent
-        first), ``"unverified"`` (all flags set, but the budget ran out before the check for
-        missed larger values finished), ``"breakdown"`` (the Krylov space was exhausted) or
+        ``"converged"`` (all ``k`` flags set, and with ``verify=True`` no larger value found
+        missing from a top-k, or smaller one from a bottom-k), ``"max_products"`` (budget spent
+        first), ``"unverified"`` (all flags set, but the check for missed values did not
+        finish within the budget), ``"breakdown"`` (the Krylov space was exhausted) or
         ``"nonfinite"``.
     method, which
         The algorithm and end of the spectrum (``"largest"`` or ``"smallest"``).
+    anorm
+        Largest Ritz value seen: an estimate of ``||A||`` from below (sets the default
+        ``atol``).
     """
 
     s: jax.Array
@@ -82,6 +85,7 @@ class SingularTriplets(eqx.Module):
     tol: float = eqx.field(static=True)
     atol: float = eqx.field(static=True)
     num_restarts: int = eqx.field(static=True, default=0)
+    anorm: float = eqx.field(static=True, default=float("nan"))
 
     @property
     def num_converged(self) -> int:

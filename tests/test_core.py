@@ -335,7 +335,8 @@ def test_composition_and_scipy():
     np.testing.assert_allclose(svd.U * svd.s @ svd.V.T, A, atol=1e-12)
     np.testing.assert_allclose(svd.s, np.linalg.svd(np.asarray(A), compute_uv=False), rtol=1e-12)
     with pytest.raises(ValueError, match="square"):
-        mtj.add_identity(mtj.LinearOperator(lambda v: v[:2], lambda u: u, (2, 3), A.dtype))
+        wide = mtj.LinearOperator(lambda v: v[:2], lambda u: jnp.pad(u, (0, 1)), (2, 3), A.dtype)
+        mtj.add_identity(wide)
 
 
 def test_composition_of_operators_with_their_own_products():

@@ -199,6 +199,27 @@ def test_repeated_top_value_closed_form(x64, mult, k):
     assert plain.num_products < res.num_products
 
 
+@pytest.mark.parametrize("smallest", [0.0, 0.05])
+def test_repeated_bottom_value_is_not_missed(x64, smallest):
+    # a smallest value repeated three times (a 3-dim null space, or 0.05 x 3): a single-vector
+    # Krylov space holds one copy; the check for missed values must find the other two
+    rng = np.random.default_rng(11)
+    s_true = np.concatenate([np.full(3, smallest), np.sort(rng.uniform(0.1, 5.0, 117))])
+    A = matrix_with_spectrum(s_true, seed=12)
+    op = dense_operator(A)
+    for seed in (7, 8):
+        res = mtj.bottom_singular(op, 5, key=jax.random.key(seed))
+        conv = np.asarray(res.converged)
+        assert conv.all() and res.status in ("converged", "unverified"), res.status
+        atol = 1e3 * EPS64 * 5.0
+        np.testing.assert_allclose(np.asarray(res.s), s_true[:5], atol=atol)
+        V = np.asarray(res.V)
+        np.testing.assert_allclose(V.T @ V, np.eye(5), atol=1e-8)
+        assert_honest(op, res, s_true)
+    plain = mtj.bottom_singular(op, 5, key=jax.random.key(7), verify=False)
+    assert plain.num_products < res.num_products
+
+
 @pytest.mark.parametrize("rank,k", [(1, 3), (10, 12)])
 def test_top_k_above_rank_verifies(x64, rank, k):
     # k beyond the rank: the deflated operator of the missed-value check is ~0; the check must
