@@ -413,7 +413,8 @@ def _count(sp: dict, region: str) -> tuple:
     if sp.get("backend") == "dense" or not qb:
         return (x, se, None)
     z = probe_quantile(settings.get("num_probes"))
-    return (x, se, count_interval(x, qb[region], se, sp["num_params"], z))
+    qse = (settings.get("quadrature_bounds_stderr") or {}).get(region)
+    return (x, se, count_interval(x, qb[region], se, sp["num_params"], z, qse))
 
 
 def _headline(r: dict) -> dict:

@@ -128,7 +128,8 @@ class RegionCounts:
     ``bounds`` (``"slq"``): ``{region: (lower, upper)}``, the means over probes of guaranteed
     per-probe bounds on the quadrature (Chebyshev-Markov-Stieltjes, see
     :meth:`SpectralDensity.per_probe_bounds`): the bias of too few Lanczos steps cannot move
-    the estimate outside them. :meth:`interval` widens them by the standard error.
+    the estimate outside them. ``bounds_stderr``: ``{region: (se of the lower, se of the
+    upper)}`` per-probe bounds. :meth:`interval` widens the bounds by standard errors.
     ``alignment`` (``"slq"``): ``{region: (mean cos(u_i, v_i), stderr)}`` over the singular
     values of each region, from the same quadrature (:meth:`SpectralDensity.alignment`).
     """
@@ -147,6 +148,7 @@ class RegionCounts:
     step_change: dict | None = None
     bounds: dict | None = None
     alignment: dict | None = None
+    bounds_stderr: dict | None = None
 
     def __getitem__(self, name: str) -> float:
         if name not in ("chaotic", "bulk", "stable"):
@@ -155,18 +157,22 @@ class RegionCounts:
 
     def interval(self, name: str, z: float | None = None) -> tuple[float, float]:
         """``(low, high)`` for region ``name`` accounting for both errors: the quadrature
-        ``bounds`` widened by ``z`` standard errors of the probe average (dense: the exact
-        count twice). The default ``z`` is the two-sided 95% Student-t quantile for
+        ``bounds`` widened by ``z`` standard errors (dense: the exact count twice). Each end
+        uses the larger of the estimate's standard error and that of its per-probe bound: the
+        probes' exact counts lie between their bounds, so the mean lower (upper) bound is
+        below (above) the true count up to its own sampling error, which can exceed the
+        estimate's when the quadrature does not resolve the region (all estimates alike,
+        bounds spread). The default ``z`` is the two-sided 95% Student-t quantile for
         ``num_probes - 1`` degrees of freedom (4.30 for 3 probes, 2.26 for 10; the standard
-        error is itself estimated from the probes), so the range covers the true count about
-        95% of the time or more (the bounds are guaranteed; only the probe average is
-        random)."""
+        errors are themselves estimated from the probes), so the range covers the true count
+        about 95% of the time or more."""
         return count_interval(
             self[name],
             None if self.bounds is None else self.bounds[name],
             self.stderr[name],
             self.dim,
             probe_quantile(self.num_probes) if z is None else z,
+            None if self.bounds_stderr is None else self.bounds_stderr[name],
         )
 
     def to_dict(self) -> dict:
@@ -192,6 +198,9 @@ class RegionCounts:
             "alignment": None
             if self.alignment is None
             else {k: [float(v[0]), float(v[1])] for k, v in self.alignment.items()},
+            "bounds_stderr": None
+            if self.bounds_stderr is None
+            else {k: [float(v[0]), float(v[1])] for k, v in self.bounds_stderr.items()},
         }
 
 
@@ -442,17 +451,21 @@ def probe_quantile(num_probes: int, level: float = 0.95) -> float:
 
 
 def count_interval(
-    count: float, bounds, stderr: float, dim: int, z: float = 2.0
+    count: float, bounds, stderr: float, dim: int, z: float = 2.0, bounds_stderr=None
 ) -> tuple[float, float]:
     """A count's range: its quadrature ``bounds`` (``(lower, upper)``; ``None``: the count
-    itself) widened by ``z`` standard errors, clipped to ``[0, dim]``. A non-finite standard
-    error (one probe: its sampling error cannot be estimated) gives the whole ``[0, dim]``:
-    the range then makes no claim, rather than a false one from the bounds alone."""
+    itself) widened by ``z`` standard errors, clipped to ``[0, dim]``: at each end the larger
+    of ``stderr`` (the estimate's) and that end's own in ``bounds_stderr`` (``(se_lower,
+    se_upper)`` of the per-probe bounds, if known). A non-finite standard error (one probe: its
+    sampling error cannot be estimated) gives the whole ``[0, dim]``: the range then makes no
+    claim, rather than a false one from the bounds alone."""
     if stderr is None or not np.isfinite(float(stderr)):
         return 0.0, float(dim)
     lower, upper = (count, count) if bounds is None else bounds
-    se = float(stderr)
-    return float(max(lower - z * se, 0.0)), float(min(upper + z * se, dim))
+    se_lo = se_hi = float(stderr)
+    if bounds_stderr is not None:
+        se_lo, se_hi = max(se_lo, float(bounds_stderr[0])), max(se_hi, float(bounds_stderr[1]))
+    return float(max(lower - z * se_lo, 0.0)), float(min(upper + z * se_hi, dim))
 
 
 def _in_interval(x: np.ndarray, lo: float, hi: float, closed: str) -> np.ndarray:

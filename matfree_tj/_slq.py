@@ -325,10 +325,11 @@ def region_counts(
                 ("chaotic", "bulk", "stable"), (chaotic, bulk, stable), halves, strict=True
             )
         }
-    bounds, alignment = {}, {}
+    bounds, bounds_stderr, alignment = {}, {}, {}
     for name, a, b, c in regions:
         lower, upper = dens.per_probe_bounds(a, b, closed=c)
         bounds[name] = (float(np.mean(lower)), float(np.mean(upper)))
+        bounds_stderr[name] = (_stderr(lower), _stderr(upper))
         alignment[name] = dens.alignment(a, b, closed=c)
 
     return RegionCounts(
@@ -346,4 +347,5 @@ def region_counts(
         step_change=step_change,
         bounds=bounds,
         alignment=alignment,
+        bounds_stderr=bounds_stderr,
     )

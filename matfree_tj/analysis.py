@@ -191,8 +191,9 @@ class SpectrumSummary:
     the quadrature), ``top_products``, ``top_seconds``, ``step_change`` (each count's change
     from half to all of the Lanczos steps), ``quadrature_bounds`` (``{region: (lower,
     upper)}``: the guaranteed range of each count's probe average whatever the quadrature's
-    bias; see :attr:`matfree_tj.RegionCounts.bounds`) and ``alignment`` (``{region: (mean
-    cos(u_i, v_i), stderr)}`` from the same quadrature, no extra products; see
+    bias; see :attr:`matfree_tj.RegionCounts.bounds`), ``quadrature_bounds_stderr`` (the
+    standard errors of those bounds over probes, used by :meth:`interval`) and ``alignment``
+    (``{region: (mean cos(u_i, v_i), stderr)}`` from the same quadrature, no extra products; see
     :meth:`matfree_tj.SpectralDensity.alignment`). Dense, with singular vectors: ``settings``
     holds the exact ``alignment`` (stderr 0).
     """
@@ -217,6 +218,7 @@ class SpectrumSummary:
             raise KeyError(f"region must be one of {REGIONS}, got {name!r}.")
         settings = self.settings or {}
         qb = settings.get("quadrature_bounds")
+        qse = settings.get("quadrature_bounds_stderr")
         if z is None:
             z = probe_quantile(settings.get("num_probes"))
         return count_interval(
@@ -225,6 +227,7 @@ class SpectrumSummary:
             self.stderr[name],
             self.num_params,
             z,
+            None if qse is None else qse[name],
         )
 
     def to_dict(self, include_all_values: bool = False) -> dict:
@@ -473,6 +476,7 @@ def spectrum_summary(
             top_seconds=t_top,
             step_change=rc.step_change,
             quadrature_bounds=rc.bounds,
+            quadrature_bounds_stderr=rc.bounds_stderr,
             alignment=rc.alignment,
             budget_limited=budget_limited,
         ),

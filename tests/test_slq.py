@@ -6,7 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _oracles import DenseOperator, dense_operator, lr_operator, small_mlp
+from _oracles import (
+    DenseOperator,
+    dense_operator,
+    lr_operator,
+    matrix_with_spectrum,
+    small_mlp,
+)
 
 import matfree_tj as mtj
 
@@ -176,9 +182,13 @@ def test_quadrature_bounds_hold_per_probe(x64):
         assert lower <= rc[name] <= upper
         lo2, hi2 = rc.interval(name)
         z = 2.7764451051977987  # Student-t 97.5% quantile, 4 degrees of freedom (5 probes)
-        assert lo2 == pytest.approx(max(lower - z * rc.stderr[name], 0.0))
-        assert hi2 == pytest.approx(min(upper + z * rc.stderr[name], P))
-        assert rc.interval(name, z=2.0)[1] == pytest.approx(min(upper + 2 * rc.stderr[name], P))
+        # each end: the larger of the estimate's stderr and that of its per-probe bound
+        pl, pu = d_bounds = rc.bounds_stderr[name]
+        assert all(x >= 0 for x in d_bounds)
+        se_lo, se_hi = max(rc.stderr[name], pl), max(rc.stderr[name], pu)
+        assert lo2 == pytest.approx(max(lower - z * se_lo, 0.0))
+        assert hi2 == pytest.approx(min(upper + z * se_hi, P))
+        assert rc.interval(name, z=2.0)[1] == pytest.approx(min(upper + 2 * se_hi, P))
     assert rc.to_dict()["bounds"]["bulk"] == list(rc.bounds["bulk"])
 
 
@@ -225,6 +235,27 @@ def test_zero_width_interval_warns_instead_of_dividing_by_zero(diag400):
     assert 0.0 <= count <= 400.0
 
 
+def test_interval_uses_the_spread_of_the_bounds_when_the_quadrature_cannot_resolve():
+    # 200 of 400 values exactly 1, counted in [1 - 1e-6, 1 + 1e-6] with 80 steps: every probe's
+    # estimate is 0 (stderr 0) while its guaranteed bounds spread; with these keys the mean
+    # upper bound falls below the exact 200, so bounds +- the estimate's stderr missed it
+    rng = np.random.default_rng(41)
+    s = rng.uniform(0, 3, 400)
+    s[:200] = 1.0
+    op = dense_operator(matrix_with_spectrum(s, seed=43))
+    t = 2.262157162  # two-sided 95% Student-t quantile, 9 degrees of freedom
+    for k in (511, 514):
+        with pytest.warns(mtj.ResolutionWarning):
+            rc = mtj.region_counts(
+                op, key=jax.random.key(k), lo=1 - 1e-6, hi=1 + 1e-6, num_probes=10, num_steps=80
+            )
+        assert rc.stderr.bulk == 0.0 and rc.bounds["bulk"][1] < 200 < rc.interval("bulk")[1]
+        se_upper = rc.bounds_stderr["bulk"][1]
+        assert rc.interval("bulk")[1] == pytest.approx(rc.bounds["bulk"][1] + t * se_upper)
+        d = rc.to_dict()["bounds_stderr"]["bulk"]
+        assert d[1] == pytest.approx(se_upper)
+
+
 def test_small_svd_falls_back_to_qr_iteration(monkeypatch):
     from matfree_tj import _slq
 
@@ -252,7 +283,9 @@ def test_one_probe_interval_makes_no_claim(diag400):
     t = 12.706204736  # two-sided 95% Student-t quantile, 1 degree of freedom
     for name in ("chaotic", "bulk", "stable"):
         lower, upper = rc2.bounds[name]
-        expected = (max(lower - t * rc2.stderr[name], 0.0), min(upper + t * rc2.stderr[name], 400))
+        se = rc2.stderr[name]
+        se_lo, se_hi = (max(se, x) for x in rc2.bounds_stderr[name])
+        expected = (max(lower - t * se_lo, 0.0), min(upper + t * se_hi, 400))
         np.testing.assert_allclose(rc2.interval(name), expected, rtol=1e-9)
 
 
