@@ -235,8 +235,9 @@ class LinearOperator(eqx.Module):
         self.dtype = jnp.dtype(dtype)
         # The solvers call the raw products; a function returning another shape or dtype than
         # declared would fail deep inside them (or run on in the wrong precision): check once.
-        _check_signature(self.mv_fn, shape[1], shape[0], self.dtype, "mv")
-        _check_signature(self.rmv_fn, shape[0], shape[1], self.dtype, "rmv")
+        if mv is not _through_base:
+            _check_signature(self.mv_fn, shape[1], shape[0], self.dtype, "mv")
+            _check_signature(self.rmv_fn, shape[0], shape[1], self.dtype, "rmv")
         self.chunk_size = int(chunk_size)
         self.mesh = mesh
         self.check_finite = bool(check_finite)
@@ -332,6 +333,19 @@ def _through_base(x):  # pragma: no cover - the wrappers below override every pr
     raise NotImplementedError("This operator computes its products through its base operator.")
 
 
+def _init_through(op: LinearOperator, base: LinearOperator, shape: tuple) -> None:
+    """Initialise a wrapper whose own methods compute every product through ``base``."""
+    LinearOperator.__init__(
+        op,
+        _through_base,
+        _through_base,
+        shape,
+        base.dtype,
+        chunk_size=base.chunk_size,
+        check_finite=base.check_finite,
+    )
+
+
 class Projected(LinearOperator):
     r"""``(I - U_l U_l^T) A (I - V_r V_r^T)`` for orthonormal columns ``U_l`` ``(m, a)`` and
     ``V_r`` ``(n, b)`` (either may have zero columns): ``A`` with known singular triplets
@@ -348,14 +362,7 @@ class Projected(LinearOperator):
     Vr: jax.Array
 
     def __init__(self, base: LinearOperator, Ul: jax.Array | None, Vr: jax.Array | None):
-        super().__init__(
-            _through_base,
-            _through_base,
-            base.shape,
-            base.dtype,
-            chunk_size=base.chunk_size,
-            check_finite=base.check_finite,
-        )
+        _init_through(self, base, base.shape)
         m, n = base.shape
         self.base = base
         self.Ul = jnp.zeros((m, 0), base.dtype) if Ul is None else jnp.asarray(Ul, base.dtype)
@@ -393,14 +400,7 @@ class Raised(LinearOperator):
     d: jax.Array
 
     def __init__(self, base: LinearOperator, Ul: jax.Array, Vr: jax.Array, d: jax.Array):
-        super().__init__(
-            _through_base,
-            _through_base,
-            base.shape,
-            base.dtype,
-            chunk_size=base.chunk_size,
-            check_finite=base.check_finite,
-        )
+        _init_through(self, base, base.shape)
         self.base = base
         self.Ul = jnp.asarray(Ul, base.dtype)
         self.Vr = jnp.asarray(Vr, base.dtype)
@@ -431,14 +431,7 @@ class Swapped(LinearOperator):
     base: LinearOperator
 
     def __init__(self, base: LinearOperator):
-        super().__init__(
-            _through_base,
-            _through_base,
-            base.shape[::-1],
-            base.dtype,
-            chunk_size=base.chunk_size,
-            check_finite=base.check_finite,
-        )
+        _init_through(self, base, base.shape[::-1])
         self.base = base
 
     def mv(self, v):
