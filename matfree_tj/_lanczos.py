@@ -890,9 +890,10 @@ def _find_missed(op, res, *, which, key, tol, atol, max_products, progress):
     found_s, found_U, found_V = [s], [U], [V]
     rounds = 0
     status = "converged"
-    lift = max(float(res.anorm), 2.0 * float(np.max(s))) if not top else 0.0
-    if not top and not lift > 0:
-        lift = 1.0  # every value found is 0 and no larger Ritz value was seen
+    # bottom: found values are raised to 2 lift, above every singular value (anorm may be nan
+    # if unknown; 1 if every value found is 0 and no larger Ritz value was seen)
+    lift = float(np.nanmax([float(res.anorm), 2.0 * float(np.max(s))]))
+    lift = lift if lift > 0 else 1.0
     while True:
         Ua, Va = np.concatenate(found_U, axis=1), np.concatenate(found_V, axis=1)
         if Ua.shape[1] >= r - 1:

@@ -50,13 +50,18 @@ class FullBatch(eqx.Module):
     num_steps: int = eqx.field(static=True)
 
 
+def _leading_sizes(leaves: list) -> set:
+    """The distinct leading-axis lengths of ``leaves`` (``-1`` for a scalar)."""
+    return {int(np.shape(x)[0]) if np.ndim(x) else -1 for x in leaves}
+
+
 def _num_steps(batches: Any) -> int:
     if isinstance(batches, FullBatch):
         return batches.num_steps
     leaves = jax.tree_util.tree_leaves(batches)
     if not leaves:
         raise ValueError("batches has no arrays: give a pytree of arrays with a leading step axis.")
-    sizes = {int(np.shape(x)[0]) if np.ndim(x) else -1 for x in leaves}
+    sizes = _leading_sizes(leaves)
     if len(sizes) != 1 or -1 in sizes:
         raise ValueError(
             "Every leaf of batches must have the same leading axis (the optimizer step); "
@@ -77,8 +82,7 @@ def _reject_list_of_steps(batches: Any) -> None:
     structs = {jax.tree_util.tree_structure(b) for b in batches}
     if len(structs) != 1 or jax.tree_util.treedef_is_leaf(next(iter(structs))):
         return  # e.g. [X_steps, y_steps]: a list of stacked arrays is fine
-    sizes = {int(np.shape(x)[0]) if np.ndim(x) else -1 for x in jax.tree_util.tree_leaves(batches)}
-    if sizes != {len(batches)}:
+    if _leading_sizes(jax.tree_util.tree_leaves(batches)) != {len(batches)}:
         raise TypeError(
             f"batches is a list of {len(batches)} per-step batches; make_train_fn wants one "
             "pytree whose leaves have a leading step axis. Stack them: "

@@ -151,9 +151,14 @@ def _check_bounds(lo: float, hi: float) -> None:
         )
 
 
+def _is_int(k: Any) -> bool:
+    """A Python or numpy integer, not a bool (``True`` is not a size)."""
+    return isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_))
+
+
 def _check_k(k: Any, n: int, what: str = "k", limit: str = "") -> int:
     """``k`` as an int in ``[1, n]``, or a clear error (a float like 2.7 is not truncated)."""
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+    if not _is_int(k):
         raise TypeError(f"{what} must be an integer, got {k!r} ({type(k).__name__}).")
     if not 1 <= int(k) <= n:
         raise ValueError(f"Expected 1 <= {what} <= {limit}{n}, got {k}.")
@@ -1102,7 +1107,7 @@ def restricted_training(
             "a J.train_fn built by matfree_tj.make_train_fn)."
         )
     theta0, unravel, dt = J.params0_flat, J.unravel, J.dtype
-    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1]
+    bad = [k for k in ks if not _is_int(k) or k < 1]
     if bad:
         raise ValueError(f"restricted_training: ks must be positive integers, got {bad}.")
     ks = [int(k) for k in ks]
