@@ -25,7 +25,7 @@ import sys
 
 import jax
 
-from matfree_tj._analysis_study import StudyConfig, run_study, write_report
+from matfree_tj.app.study import StudyConfig, run_study, write_report
 
 
 def main(argv=None) -> int:

@@ -1,30 +1,50 @@
-"""matfree_tj: the spectrum of a neural network's training Jacobian, matrix-free."""
+"""matfree_tj: the spectrum of a neural network's training Jacobian, matrix-free.
 
-from . import examples as examples
-from ._dense import DenseSVD as DenseSVD
-from ._dense import dense_svd as dense_svd
-from ._jacobian import TrainingJacobian as TrainingJacobian
-from ._jacobian import training_jacobian as training_jacobian
-from ._operator import LinearOperator as LinearOperator
-from ._operator import add_identity as add_identity
-from ._operator import gram as gram
-from ._operator import materialise as materialise
-from ._operator import transpose as transpose
-from ._train import TrainFn as TrainFn
-from ._train import full_batch_schedule as full_batch_schedule
-from ._train import make_train_fn as make_train_fn
-from ._train import minibatch_schedule as minibatch_schedule
+The public surface, layer by layer (see ARCHITECTURE.md): the core (training loops, operators,
+the training Jacobian), the linear-algebra layer (solvers and their typed results) and
+:mod:`matfree_tj.analysis` (the paper's experiments). The application layer (``matfree_tj.app``:
+study runner, figures, CLI, example models) is imported only on use: ``mtj.examples`` loads it
+on first access, so ``import matfree_tj`` pulls in neither it nor scikit-learn.
+"""
+
+import importlib as _importlib
+
+from . import analysis as analysis  # noqa: E402,I001 - the analysis layer sits on the solvers
+from .core._jacobian import TrainingJacobian as TrainingJacobian
+from .core._jacobian import training_jacobian as training_jacobian
+from .core._operator import LinearOperator as LinearOperator
+from .core._operator import add_identity as add_identity
+from .core._operator import gram as gram
+from .core._operator import materialise as materialise
+from .core._operator import transpose as transpose
+from .core._train import TrainFn as TrainFn
+from .core._train import full_batch_schedule as full_batch_schedule
+from .core._train import make_train_fn as make_train_fn
+from .core._train import minibatch_schedule as minibatch_schedule
+from .linalg._dense import DenseSVD as DenseSVD
+from .linalg._dense import dense_svd as dense_svd
+from .linalg._lanczos import bottom_singular as bottom_singular
+from .linalg._lanczos import top_singular as top_singular
+from .linalg._randomized import randomized_svd as randomized_svd
+from .linalg._results import RegionCounts as RegionCounts
+from .linalg._results import ResolutionWarning as ResolutionWarning
+from .linalg._results import SingularTriplets as SingularTriplets
+from .linalg._results import SpectralDensity as SpectralDensity
+from .linalg._slq import region_counts as region_counts
+from .linalg._slq import singular_value_density as singular_value_density
+from .linalg._subspace import principal_cosines as principal_cosines
+from .linalg._subspace import project_off as project_off
+from .linalg._subspace import project_onto as project_onto
 
 __version__ = "0.1.0"
-from ._lanczos import bottom_singular as bottom_singular
-from ._lanczos import top_singular as top_singular
-from ._randomized import randomized_svd as randomized_svd
-from ._results import RegionCounts as RegionCounts
-from ._results import ResolutionWarning as ResolutionWarning
-from ._results import SingularTriplets as SingularTriplets
-from ._results import SpectralDensity as SpectralDensity
-from ._slq import region_counts as region_counts
-from ._slq import singular_value_density as singular_value_density
-from ._subspace import principal_cosines as principal_cosines
-from ._subspace import project_off as project_off
-from ._subspace import project_onto as project_onto
+
+# Application-layer modules, loaded on first attribute access (PEP 562).
+_LAZY = {"examples": ".app.examples", "cli": ".app.cli"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module = _importlib.import_module(_LAZY[name], __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

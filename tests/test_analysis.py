@@ -80,7 +80,7 @@ def test_spectrum_summary_matrix_free_agrees_with_oracle(linreg):
     np.testing.assert_allclose(summ.top_singular_values, lr.singular_values[:2], rtol=1e-8)
     assert summ.num_products > 0 and summ.singular_values is None
     # the study's claim rows judge a count by the same 95% range, read back from the JSON dict
-    from matfree_tj import _analysis_study as st
+    from matfree_tj.app import study as st
 
     d = json.loads(json.dumps(summ.to_dict()))
     for r in an.REGIONS:

@@ -8,7 +8,7 @@ import sys
 import jax
 import pytest
 
-from matfree_tj import cli
+from matfree_tj.app import cli
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,7 +47,7 @@ def test_bad_options_exit_nonzero_with_message(argv, message, capsys):
 
 
 def test_unusable_output_paths_fail_before_any_compute(tmp_path, capsys, monkeypatch):
-    from matfree_tj import _analysis_study
+    from matfree_tj.app import study as _analysis_study
 
     def no_compute(*args, **kwargs):
         raise AssertionError("the output path should be refused before any compute")

@@ -163,7 +163,7 @@ def test_eager_block_products_trace_once_and_free_the_operator():
 
 def test_cache_budget_is_shared_between_the_two_caches(tiny_sgd):
     m, J = tiny_sgd
-    from matfree_tj._jacobian import default_cache_budget
+    from matfree_tj.core._jacobian import default_cache_budget
 
     assert default_cache_budget(J.params0_flat) >= 1024**3
     f = lambda th: ravel_pytree(m.train_fn(J.unravel(th)))[0]  # noqa: E731
@@ -342,7 +342,7 @@ def test_composition_and_scipy():
 def test_composition_of_operators_with_their_own_products():
     # subclasses that compute products in their methods (deflated and transposed views) work in
     # every derived operator and conversion, not only in the solvers
-    from matfree_tj._operator import Projected, Swapped
+    from matfree_tj.core._operator import Projected, Swapped
 
     B = jax.random.normal(jax.random.key(1), (7, 5))
     op = mtj.LinearOperator(lambda v: B @ v, lambda u: B.T @ u, B.shape, B.dtype)

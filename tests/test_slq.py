@@ -15,6 +15,7 @@ from _oracles import (
 )
 
 import matfree_tj as mtj
+from matfree_tj.linalg._slq import _probes as _slq_probes
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -134,7 +135,7 @@ def test_quadrature_bounds_hold_per_probe(x64):
     # bounds built from its Gauss rule, for any number of steps (a theorem: only rounding may
     # violate it). A spectrum with values right at the region edges, so the bounds are tested
     # where they are tight and where they are loose.
-    from matfree_tj._slq import _probes
+    from matfree_tj.linalg._slq import _probes
 
     rng = np.random.default_rng(11)
     P = 400
@@ -257,7 +258,7 @@ def test_interval_uses_the_spread_of_the_bounds_when_the_quadrature_cannot_resol
 
 
 def test_small_svd_falls_back_to_qr_iteration(monkeypatch):
-    from matfree_tj import _slq
+    from matfree_tj.linalg import _slq
 
     R = np.triu(np.random.default_rng(0).standard_normal((30, 30)))
     expected = np.linalg.svd(R, compute_uv=False)
@@ -346,7 +347,7 @@ def test_alignment_quadrature_exact_with_a_complete_krylov_space(x64):
     d = mtj.singular_value_density(
         DenseOperator(A), key=jax.random.key(3), num_probes=5, num_steps=P
     )
-    Z = np.asarray(mtj._slq._probes(jax.random.key(3), 5, P, jnp.float64, "rademacher"))
+    Z = np.asarray(_slq_probes(jax.random.key(3), 5, P, jnp.float64, "rademacher"))
     U, sv, Vt = np.linalg.svd(A)
     for lo, hi in [(0.9, 1.1), (1.1, np.inf), (-np.inf, 0.9), (0.5, 2.5)]:
         g = (sv >= lo) & (sv <= hi)

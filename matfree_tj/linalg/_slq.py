@@ -41,9 +41,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..core._operator import LinearOperator, Projected
 from ._dense import dense_svd
 from ._lanczos import check_int, check_key, check_operator, gkl_cycle, run_guarded
-from ._operator import LinearOperator, Projected
 from ._results import RegionCounts, RegionStderr, SpectralDensity, _stderr, region_spans
 
 __all__ = ["singular_value_density", "region_counts"]

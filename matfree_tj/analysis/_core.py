@@ -83,7 +83,18 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from ._analysis_overlap import (
+from ..core import LinearOperator, add_identity, make_train_fn
+from ..linalg import (
+    DenseSVD,
+    bottom_singular,
+    count_interval,
+    dense_svd,
+    probe_quantile,
+    project_off,
+    region_counts,
+    top_singular,
+)
+from ._overlap import (
     Overlap,
     bulk_nullspace_overlap,
     function_jacobian,
@@ -92,10 +103,6 @@ from ._analysis_overlap import (
     seed_overlap,
     subspace_overlap,
 )
-from ._dense import DenseSVD, dense_svd
-from ._operator import LinearOperator, add_identity
-from ._results import count_interval, probe_quantile
-from ._train import make_train_fn
 
 __all__ = [
     "BACKENDS",
@@ -128,14 +135,6 @@ __all__ = [
 BACKENDS = ("matrix-free", "dense")
 REGIONS = ("chaotic", "bulk", "stable")
 _HI = jax.lax.Precision.HIGHEST
-
-
-def _mtj():
-    # Imported lazily: the solvers live in the package root, and this module must stay importable
-    # (and cycle-free) whatever the package __init__ re-exports.
-    import matfree_tj
-
-    return matfree_tj
 
 
 def _check_backend(backend: str) -> str:
@@ -421,7 +420,7 @@ def spectrum_summary(
         t_opts.setdefault("progress", progress)
     k_first = max(int(num_top), num_deflate)
     _say(progress, f"top {k_first} singular triplets (Lanczos, tol {t_opts['tol']:g})")
-    top = _mtj().top_singular(J, k_first, key=k_top, **t_opts)
+    top = top_singular(J, k_first, key=k_top, **t_opts)
     t_top = time.perf_counter() - t0
     conv = np.asarray(top.converged, dtype=bool)
     s_top = _np(top.s)
@@ -456,7 +455,7 @@ def spectrum_summary(
         f"({n_slq} products, about {n_slq * per_product / 60:.1f} min at that rate), "
         f"{int(conv.sum()) if deflate is not None else 0} deflated",
     )
-    rc = _mtj().region_counts(J, key=k_rc, lo=lo, hi=hi, method="slq", deflate=deflate, **opts)
+    rc = region_counts(J, key=k_rc, lo=lo, hi=hi, method="slq", deflate=deflate, **opts)
     _say(progress, f"SLQ done in {time.perf_counter() - t0 - t_top:.1f}s")
     counts = {r: _get(rc, r) for r in REGIONS}
     stderr = {r: _get(rc.stderr, r) for r in REGIONS}
@@ -635,7 +634,7 @@ def singular_triplets(
         return Triplets(s[:k].copy(), U, V, which, cost)
     if key is None:
         raise ValueError("backend='matrix-free' needs an explicit key=jax.random.key(...).")
-    fn = _mtj().top_singular if which == "top" else _mtj().bottom_singular
+    fn = top_singular if which == "top" else bottom_singular
     res = fn(op, k, key=key, **opts)
     conv = getattr(res, "converged", None)
     resid = getattr(res, "residuals", None)
@@ -742,7 +741,7 @@ def random_bulk_basis(
         dtype=np.float64,
     )
     # project_off reorthogonalises twice; orthogonality to B holds to the working precision.
-    Q, _ = np.linalg.qr(_np(_mtj().project_off(jnp.asarray(G), jnp.asarray(B))))
+    Q, _ = np.linalg.qr(_np(project_off(jnp.asarray(G), jnp.asarray(B))))
     return Q
 
 

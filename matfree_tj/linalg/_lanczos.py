@@ -60,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._operator import LinearOperator, Projected, Raised, Swapped, product_fns
+from ..core._operator import LinearOperator, Projected, Raised, Swapped, product_fns
 from ._results import SingularTriplets
 
 __all__ = ["top_singular", "bottom_singular", "gkl_cycle", "gkl_block_cycle"]

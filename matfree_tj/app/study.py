@@ -22,10 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import analysis as an
-from ._dense import dense_svd
-from ._jacobian import training_jacobian
-from ._results import count_interval, probe_quantile
+from .. import analysis as an
+from ..core import training_jacobian
+from ..linalg import count_interval, dense_svd, probe_quantile
 
 __all__ = ["StudyConfig", "run_study", "write_report", "claims", "environment", "build_model"]
 

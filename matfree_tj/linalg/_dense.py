@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import scipy.linalg
 
-from ._operator import LinearOperator
+from ..core._operator import LinearOperator
 
 __all__ = ["DenseSVD", "dense_svd"]
 

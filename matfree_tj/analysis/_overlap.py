@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..linalg import principal_cosines
+
 __all__ = [
     "Overlap",
     "subspace_overlap",
@@ -26,12 +28,6 @@ __all__ = [
 
 def _np(x: Any) -> np.ndarray:
     return np.asarray(jax.device_get(x), dtype=np.float64)
-
-
-def _mtj():
-    import matfree_tj
-
-    return matfree_tj
 
 
 def model_inputs(X: Any, dtype: Any) -> jax.Array:
@@ -113,7 +109,7 @@ def subspace_overlap(A: Any, B: Any, *, complement: bool = False) -> Overlap:
             f"A and B must have the same number of rows, got {A.shape[0]}, {B.shape[0]}."
         )
     P, a, b = A.shape[0], A.shape[1], B.shape[1]
-    cos = np.clip(_np(_mtj().principal_cosines(jnp.asarray(A), jnp.asarray(B))), 0.0, 1.0)
+    cos = np.clip(_np(principal_cosines(jnp.asarray(A), jnp.asarray(B))), 0.0, 1.0)
     sq = float(np.sum(cos**2))
     if complement:
         d1, d2 = P - a, P - b

@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..core._operator import LinearOperator
 from ._lanczos import _check_common, check_int, check_tol, finalise, run_guarded
-from ._operator import LinearOperator
 from ._results import SingularTriplets
 
 __all__ = ["randomized_svd"]
