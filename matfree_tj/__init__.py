@@ -12,7 +12,9 @@ import importlib as _importlib
 from . import analysis as analysis  # noqa: E402,I001 - the analysis layer sits on the solvers
 from .core._jacobian import TrainingJacobian as TrainingJacobian
 from .core._jacobian import training_jacobian as training_jacobian
+from .core._operator import AbstractOperator as AbstractOperator
 from .core._operator import LinearOperator as LinearOperator
+from .core._operator import MatrixOperator as MatrixOperator
 from .core._operator import add_identity as add_identity
 from .core._operator import gram as gram
 from .core._operator import materialise as materialise

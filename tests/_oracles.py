@@ -17,38 +17,9 @@ def dense_operator(A, **kwargs) -> mtj.LinearOperator:
     return mtj.LinearOperator(lambda v: A @ v, lambda u: A.T @ u, A.shape, A.dtype, **kwargs)
 
 
-def _no_fn(x):  # pragma: no cover - DenseOperator overrides every product
-    raise NotImplementedError("DenseOperator computes its products from its matrix leaf.")
-
-
-class DenseOperator(mtj.LinearOperator):
-    """A dense matrix held as a pytree *leaf* (not closed over).
-
-    All DenseOperators of one shape and dtype then share the solvers' compiled kernels
-    (``eqx.filter_jit`` traces the matrix as an argument), which keeps the test suite fast.
-    """
-
-    A: jax.Array
-
-    def __init__(self, A):
-        A = jnp.asarray(A)
-        super().__init__(_no_fn, _no_fn, A.shape, A.dtype)
-        self.A = A
-
-    def mv(self, v):
-        return self.A @ v
-
-    def rmv(self, u):
-        return self.A.T @ u
-
-    def matmat(self, V):
-        return self.A @ V
-
-    def rmatmat(self, U):
-        return self.A.T @ U
-
-    def to_dense(self):
-        return self.A
+# A dense matrix held as a pytree leaf (not closed over): all of one shape and dtype share their
+# compiled products and the solvers' kernels, which keeps the test suite fast.
+DenseOperator = mtj.MatrixOperator
 
 
 def matrix_with_spectrum(s, seed: int = 0, shape=None) -> np.ndarray:

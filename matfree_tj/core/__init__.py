@@ -5,7 +5,9 @@ names from this package, not from its private modules."""
 
 from ._jacobian import TrainingJacobian as TrainingJacobian
 from ._jacobian import training_jacobian as training_jacobian
+from ._operator import AbstractOperator as AbstractOperator
 from ._operator import LinearOperator as LinearOperator
+from ._operator import MatrixOperator as MatrixOperator
 from ._operator import add_identity as add_identity
 from ._operator import gram as gram
 from ._operator import materialise as materialise

@@ -29,89 +29,48 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from ._operator import LinearOperator
+from ._operator import AbstractOperator, _check_settings
 from ._train import CHECKPOINT_MODES
 
 __all__ = ["TrainingJacobian", "training_jacobian"]
 
 
-class _RunInfo:
-    """Arrays and functions of one training run, held by identity (keeps the operator hashable,
-    so ``jax.jit(J.matmat)`` works and a jitted solver can close over ``J``)."""
+class TrainingJacobian(AbstractOperator):
+    """The operator ``d train_fn(params0) / d params0`` on flat parameters (a pytree: the
+    primal run and the cached linearisation / pullback are leaves, the training code is static).
 
-    def __init__(self, params0_flat, params_T_flat, unravel, train_fn, cached):
-        self.cached = cached
-        self.params0_flat = params0_flat
-        self.params_T_flat = params_T_flat
-        self.unravel = unravel
-        self.train_fn = train_fn
-
-
-class TrainingJacobian(LinearOperator):
-    """A :class:`LinearOperator` for ``d train_fn(params0) / d params0`` on flat parameters.
-
-    Extra attributes: ``params0_flat`` and ``params_T_flat`` (ravelled, ``(P,)``), ``unravel``
-    (flat vector -> parameter pytree), ``train_fn`` and ``num_params``.
+    Attributes: ``params0_flat`` and ``params_T_flat`` (ravelled, ``(P,)``), ``unravel`` (flat
+    vector -> parameter pytree), ``train_fn``, ``num_params`` and ``cached``. Built by
+    :func:`training_jacobian`.
     """
 
-    run: _RunInfo = eqx.field(static=True)
+    params0_flat: jax.Array
+    params_T_flat: jax.Array
+    linearisation: Any  # cached forward product (a pytree of residuals) or None
+    pullback: Any  # cached reverse product (a pytree of residuals) or None
+    forward_fn: Callable = eqx.field(static=True)  # flat params0 -> flat params_T
+    reverse_fn: Callable = eqx.field(static=True)  # the same run, reverse-mode memory layout
+    unravel: Callable = eqx.field(static=True)
+    train_fn: Callable = eqx.field(static=True)
 
-    def __init__(self, mv, rmv, shape, dtype, *, run, chunk_size=64, mesh=None, check_finite=True):
-        super().__init__(
-            mv, rmv, shape, dtype, chunk_size=chunk_size, mesh=mesh, check_finite=check_finite
-        )
-        self.run = run
+    def _mv(self, v):
+        if self.linearisation is not None:
+            return self.linearisation(v)
+        return jax.jvp(self.forward_fn, (self.params0_flat,), (v,))[1]
 
-    @property
-    def params0_flat(self) -> jax.Array:
-        return self.run.params0_flat
-
-    @property
-    def params_T_flat(self) -> jax.Array:
-        return self.run.params_T_flat
-
-    @property
-    def unravel(self) -> Callable:
-        return self.run.unravel
-
-    @property
-    def train_fn(self) -> Callable:
-        return self.run.train_fn
+    def _rmv(self, u):
+        if self.pullback is not None:
+            return self.pullback(u)[0]
+        return jax.vjp(self.reverse_fn, self.params0_flat)[1](u)[0]
 
     @property
     def cached(self) -> dict:
         """Which products use a cache: ``{"forward": bool, "reverse": bool}``."""
-        return dict(self.run.cached)
+        return {"forward": self.linearisation is not None, "reverse": self.pullback is not None}
 
     @property
     def num_params(self) -> int:
         return self.shape[0]
-
-
-@jax.jit
-def _forward_cached(lin, v):
-    return lin(v)
-
-
-@jax.jit
-def _reverse_cached(pullback, u):
-    return pullback(u)[0]
-
-
-class _CachedProduct:
-    """A product from a cached linearisation or pullback (pytrees whose leaves are the
-    training run's residuals), compiled with the residuals passed as *arguments*. Closed over,
-    they would be embedded in each executable as constants: measured on the reference model,
-    ~1.4 s more compile per product and a second copy of the cache in memory."""
-
-    compiled = True  # already compiled: LinearOperator must not wrap it in another jit
-
-    def __init__(self, fn, *, reverse: bool):
-        self.fn = fn
-        self.reverse = reverse
-
-    def __call__(self, x):
-        return (_reverse_cached if self.reverse else _forward_cached)(self.fn, x)
 
 
 def _check_params(params0: Any) -> None:
@@ -314,31 +273,24 @@ def training_jacobian(
     if cache_reverse == "auto":
         cache_reverse = cache_bytes(lambda th: jax.vjp(f_rev, th)[1]) <= budget
 
-    if forward == "jvp":
-        mv = jax.jit(lambda v: jax.jvp(f_fwd, (theta0,), (v,))[1])
-    else:
-        _, lin = jax.jit(lambda th: jax.linearize(f_fwd, th))(theta0)
-        mv = _CachedProduct(lin, reverse=False)
-
+    lin = pullback = None
+    if forward == "linearize":
+        lin = jax.jit(lambda th: jax.linearize(f_fwd, th)[1])(theta0)
     if cache_reverse:
         pullback = jax.jit(lambda th: jax.vjp(f_rev, th)[1])(theta0)
-        rmv = _CachedProduct(pullback, reverse=True)
-    else:
-        rmv = jax.jit(lambda u: jax.vjp(f_rev, theta0)[1](u)[0])
-
+    shape, chunk_size = _check_settings((P, P), chunk_size)
     return TrainingJacobian(
-        mv,
-        rmv,
-        (P, P),
-        dtype,
-        run=_RunInfo(
-            theta0,
-            theta_T,
-            unravel,
-            train_fn,
-            {"forward": forward == "linearize", "reverse": bool(cache_reverse)},
-        ),
+        shape=shape,
+        dtype=jnp.dtype(dtype),
         chunk_size=chunk_size,
         mesh=mesh,
-        check_finite=check_finite,
+        check_finite=bool(check_finite),
+        params0_flat=theta0,
+        params_T_flat=theta_T,
+        linearisation=lin,
+        pullback=pullback,
+        forward_fn=f_fwd,
+        reverse_fn=f_rev,
+        unravel=unravel,
+        train_fn=train_fn,
     )

@@ -1,9 +1,20 @@
-r"""Matrix-free linear operators.
+r"""Matrix-free linear operators as pytrees.
 
-A :class:`LinearOperator` is a small immutable pytree holding a pair of pure functions
-``mv: (n,) -> (m,)`` and ``rmv: (m,) -> (n,)`` together with the static shape and dtype.
-Everything else (block products, dense materialisation, composition such as ``J - I`` or
-``J^T J``, conversion to scipy) is built from that pair.
+An operator is a small immutable pytree (an :class:`equinox.Module`): the *data* it needs (a
+matrix, the primal run of a training loop and its cached linearisation, a deflation basis, a
+shift) are pytree leaves, the *code* is the class. Every concrete operator implements two
+traceable products, ``_mv: (n,) -> (m,)`` and ``_rmv: (m,) -> (n,)``; block products, dense
+materialisation, conversion to scipy and the input checks come from :class:`AbstractOperator`.
+
+Compilation (lineax's pattern). The eager products of a *leaf* operator (one that computes its
+products itself: :class:`LinearOperator`, :class:`MatrixOperator`, the training Jacobian) run
+through module-level ``jax.jit`` functions that take the operator as an argument: its leaves are
+arguments (never embedded constants), and its static structure is the cache key, so two
+operators of the same structure share one executable. *Derived* operators (``J - I``,
+``J^T J``, a transpose, a deflation) are small classes holding the base operator as a field;
+their products call the base's compiled products and add cheap compiled glue, so deriving an
+operator from a training Jacobian compiles nothing new. Inside a trace (a solver kernel) the
+same calls simply inline.
 
 Block products vmap over columns in chunks of ``chunk_size`` so memory stays bounded, and
 optionally split the columns across the devices of a :class:`jax.sharding.Mesh`.
@@ -11,9 +22,8 @@ optionally split the columns across the devices of a :class:`jax.sharding.Mesh`.
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable
-from typing import Any
+import abc
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -22,12 +32,30 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
+    "AbstractOperator",
     "LinearOperator",
+    "MatrixOperator",
+    "Transposed",
+    "Shifted",
+    "Gram",
+    "Projected",
+    "Raised",
     "add_identity",
     "gram",
     "transpose",
     "materialise",
 ]
+
+_HI = jax.lax.Precision.HIGHEST
+
+
+def _mm(a, b):
+    return jnp.matmul(a, b, precision=_HI)
+
+
+# --------------------------------------------------------------------------------------
+# Input checks (Python, before any compute)
+# --------------------------------------------------------------------------------------
 
 
 def _as_array(x: Any, what: str, expected: str) -> jax.Array:
@@ -43,52 +71,27 @@ def _as_array(x: Any, what: str, expected: str) -> jax.Array:
         ) from None
 
 
-def _check_signature(fn: Callable, n_in: int, n_out: int, dtype: Any, what: str) -> None:
-    """Trace ``fn`` abstractly (no compile, no compute) and check it maps ``(n_in,)`` to
-    ``(n_out,)`` in ``dtype``. A function that cannot be traced abstractly is left to fail at
-    its first product, with its own error."""
-    try:
-        out = jax.eval_shape(fn, jax.ShapeDtypeStruct((n_in,), dtype))
-    except Exception:  # noqa: BLE001 - e.g. host callbacks needing values; checked at first use
-        return
-    got = (tuple(getattr(out, "shape", ())), getattr(out, "dtype", type(out).__name__))
-    if got != ((n_out,), jnp.dtype(dtype)):
-        raise TypeError(
-            f"LinearOperator: {what} maps a ({n_in},) {jnp.dtype(dtype).name} vector to "
-            f"shape {got[0]} dtype {got[1]}, but the operator declares ({n_out},) "
-            f"{jnp.dtype(dtype).name}. Make {what} return the declared shape and dtype "
-            "(e.g. cast with .astype), or declare the shape/dtype it returns."
-        )
-
-
-def _check_vector(x: Any, n: int, dtype: Any, what: str) -> jax.Array:
-    x = _as_array(x, what, f"a vector of shape ({n},)")
-    if x.ndim != 1 or x.shape[0] != n:
-        raise ValueError(
-            f"{what}: expected a vector of shape ({n},), got shape {tuple(x.shape)}. "
-            "Flatten parameter pytrees with jax.flatten_util.ravel_pytree first."
-        )
-    if x.dtype != dtype:
-        raise TypeError(
-            f"{what}: expected dtype {jnp.dtype(dtype).name}, got {x.dtype.name}. "
-            f"Cast it first, e.g. x.astype({jnp.dtype(dtype).name!r})."
-        )
-    return x
-
-
-def _check_block(x: Any, n: int, dtype: Any, what: str) -> jax.Array:
-    x = _as_array(x, what, f"a block of shape ({n}, k)")
-    if x.ndim != 2 or x.shape[0] != n:
-        raise ValueError(
-            f"{what}: expected a block of shape ({n}, k), got shape {tuple(x.shape)}. "
+def _check_input(x: Any, n: int, dtype: Any, what: str, *, block: bool) -> jax.Array:
+    expected = f"a block of shape ({n}, k)" if block else f"a vector of shape ({n},)"
+    x = _as_array(x, what, expected)
+    if x.ndim != (2 if block else 1) or x.shape[0] != n:
+        hint = (
             "Columns are the vectors to multiply."
+            if block
+            else "Flatten parameter pytrees with jax.flatten_util.ravel_pytree first."
         )
+        raise ValueError(f"{what}: expected {expected}, got shape {tuple(x.shape)}. {hint}")
     if x.dtype != dtype:
         raise TypeError(
             f"{what}: expected dtype {jnp.dtype(dtype).name}, got {x.dtype.name}. "
             f"Cast it first, e.g. x.astype({jnp.dtype(dtype).name!r})."
         )
     return x
+
+
+@jax.jit
+def _all_finite(y: jax.Array) -> jax.Array:
+    return jnp.all(jnp.isfinite(y))
 
 
 def _finite_or_raise(y: jax.Array, what: str) -> jax.Array:
@@ -104,18 +107,21 @@ def _finite_or_raise(y: jax.Array, what: str) -> jax.Array:
     return y
 
 
-@jax.jit
-def _all_finite(y: jax.Array) -> jax.Array:
-    return jnp.all(jnp.isfinite(y))
+def _check_settings(shape: Any, chunk_size: Any) -> tuple[tuple[int, int], int]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"shape must be (m, n) with m, n >= 1, got {shape}.")
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+    return shape, int(chunk_size)
 
 
-def _compiled(fn: Callable) -> bool:
-    """Whether ``fn`` is already a compiled product (a ``jax.jit`` function, or a callable
-    that says so with ``compiled = True``)."""
-    return hasattr(fn, "lower") or getattr(fn, "compiled", False) is True
+# --------------------------------------------------------------------------------------
+# Block products: chunked vmap, optionally sharded over a mesh
+# --------------------------------------------------------------------------------------
 
 
-def _chunked_vmap(fn: Callable, X: jax.Array, chunk_size: int) -> jax.Array:
+def _chunked_vmap(fn, X: jax.Array, chunk_size: int) -> jax.Array:
     """Apply ``fn: (n,) -> (m,)`` to every column of ``X: (n, k)``, ``chunk_size`` at a time."""
     n, k = X.shape
     c = max(1, min(chunk_size, k))
@@ -126,41 +132,14 @@ def _chunked_vmap(fn: Callable, X: jax.Array, chunk_size: int) -> jax.Array:
     return Y.reshape(num_chunks * c, -1)[:k].T
 
 
-# Compiled block products, one per (product function, chunk size, mesh). Without this an eager
-# ``op.matmat(V)`` re-traces and re-compiles ``vmap(fn)`` on every call (measured: 6.6 s of
-# compile per call on the reference model, 21x a training run per column at T = 100). Keyed
-# weakly on ``fn`` so an operator's cached linearisation is freed with the operator.
-_BLOCK_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _compiled_block(fn: Callable, chunk_size: int, mesh: Mesh | None, X: jax.Array) -> Callable:
-    """A jitted ``X -> _block_apply(fn, X, ...)``, compiled once per shape of ``X``.
-
-    Under a trace (``X`` a tracer) the plain function is returned: the outer ``jit`` compiles
-    it once, and ``fn`` may close over that trace's values, which must not be cached.
-    """
-    if isinstance(X, jax.core.Tracer):
-        return lambda Y: _block_apply(fn, Y, chunk_size, mesh)
-    try:
-        per_fn = _BLOCK_CACHE.setdefault(fn, {})
-    except TypeError:  # fn cannot be weakly referenced: compile per call as before
-        return lambda X: _block_apply(fn, X, chunk_size, mesh)
-    key = (chunk_size, mesh)
-    if key not in per_fn:
-        ref = weakref.ref(fn)  # the compiled function must not keep fn alive
-        per_fn[key] = jax.jit(lambda X: _block_apply(ref(), X, chunk_size, mesh))
-    return per_fn[key]
-
-
-def _block_apply(fn: Callable, X: jax.Array, chunk_size: int, mesh: Mesh | None) -> jax.Array:
+def _block_apply(fn, X: jax.Array, chunk_size: int, mesh: Mesh | None) -> jax.Array:
     """Columns of ``X`` through ``fn``: chunked, and split across ``mesh`` devices if given."""
     if mesh is None:
         return _chunked_vmap(fn, X, chunk_size)
     axis = mesh.axis_names[0]
     num_dev = mesh.shape[axis]
     k = X.shape[1]
-    pad = (-k) % num_dev
-    Xp = jnp.pad(X, ((0, 0), (0, pad)))
+    Xp = jnp.pad(X, ((0, 0), (0, (-k) % num_dev)))
     spec = PartitionSpec(None, axis)
     explicit = any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ()))
     if explicit:
@@ -181,103 +160,114 @@ def _block_apply(fn: Callable, X: jax.Array, chunk_size: int, mesh: Mesh | None)
     return Y[:, :k]
 
 
-class LinearOperator(eqx.Module):
+# The compiled products of every leaf operator: one executable per operator *structure* (class,
+# static fields, leaf shapes), the operator's leaves passed as arguments. ``products_cache_size``
+# reads their caches (JAX's own count of compiled entries), which tests use to check that
+# derived operators and solvers compile no new products.
+# ``eqx.filter_jit``: an operator may hold non-array leaves (a closure-converted function's jaxpr).
+_PRODUCTS = {
+    "mv": eqx.filter_jit(lambda op, x: op._mv(x)),
+    "rmv": eqx.filter_jit(lambda op, x: op._rmv(x)),
+    "matmat": eqx.filter_jit(lambda op, x: op._matmat(x)),
+    "rmatmat": eqx.filter_jit(lambda op, x: op._rmatmat(x)),
+}
+
+
+def products_cache_size() -> int:
+    """Number of compiled product executables so far (all leaf operators, all four kinds),
+    as JAX's own jit caches count them."""
+    return sum(f._cached._cache_size() for f in _PRODUCTS.values())
+
+
+class AbstractOperator(eqx.Module):
     r"""A linear map :math:`A \in \mathbb{R}^{m \times n}` given by its products.
 
-    Parameters
+    Subclasses implement the traceable ``_mv`` and ``_rmv`` (and may override the block
+    versions ``_matmat`` / ``_rmatmat``). The public methods check their input, run the
+    compiled product and, with ``check_finite``, raise on NaN/inf.
+
+    Attributes
     ----------
-    mv
-        Pure function ``v: (n,) -> A v: (m,)``. Must be traceable by JAX.
-    rmv
-        Pure function ``u: (m,) -> A^T u: (n,)``.
     shape
         ``(m, n)``.
     dtype
         dtype of the vectors in and out.
     chunk_size
-        Columns per vmapped chunk in :meth:`matmat` / :meth:`rmatmat` (bounds memory).
+        Columns per vmapped chunk of a block product (bounds memory).
     mesh
         Optional device mesh; block products split their columns across its first axis.
     check_finite
-        If True, products that produce NaN/inf raise (works under ``jit`` via ``eqx.error_if``).
-
-    Examples
-    --------
-    >>> import jax.numpy as jnp, matfree_tj as mtj
-    >>> A = jnp.arange(6.0).reshape(2, 3)
-    >>> op = mtj.LinearOperator(lambda v: A @ v, lambda u: A.T @ u, (2, 3), A.dtype)
-    >>> op.mv(jnp.ones(3))
-    Array([ 3., 12.], dtype=float32)
+        Products that produce NaN/inf raise (under ``jit`` through ``eqx.error_if``).
     """
 
-    mv_fn: Callable = eqx.field(static=True)
-    rmv_fn: Callable = eqx.field(static=True)
     shape: tuple[int, int] = eqx.field(static=True)
     dtype: Any = eqx.field(static=True)
-    chunk_size: int = eqx.field(static=True, default=64)
-    mesh: Mesh | None = eqx.field(static=True, default=None)
-    check_finite: bool = eqx.field(static=True, default=True)
+    chunk_size: int = eqx.field(static=True)
+    mesh: Mesh | None = eqx.field(static=True)
+    check_finite: bool = eqx.field(static=True)
 
-    def __init__(self, mv, rmv, shape, dtype, *, chunk_size=64, mesh=None, check_finite=True):
-        if not (callable(mv) and callable(rmv)):
-            raise TypeError("LinearOperator(mv, rmv, shape, dtype): mv and rmv must be callables.")
-        shape = tuple(int(s) for s in shape)
-        if len(shape) != 2 or min(shape) < 1:
-            raise ValueError(f"shape must be (m, n) with m, n >= 1, got {shape}.")
-        if int(chunk_size) < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
-        # Products are compiled once per operator (jax.jit caches by function): eager callers
-        # (the Lanczos driver, residual checks, scipy) then reuse one executable, and inside
-        # another jit a jitted function is simply inlined.
-        self.mv_fn = mv if _compiled(mv) else jax.jit(mv)
-        self.rmv_fn = rmv if _compiled(rmv) else jax.jit(rmv)
-        self.shape = shape
-        self.dtype = jnp.dtype(dtype)
-        # The solvers call the raw products; a function returning another shape or dtype than
-        # declared would fail deep inside them (or run on in the wrong precision): check once.
-        if mv is not _through_base:
-            _check_signature(self.mv_fn, shape[1], shape[0], self.dtype, "mv")
-            _check_signature(self.rmv_fn, shape[0], shape[1], self.dtype, "rmv")
-        self.chunk_size = int(chunk_size)
-        self.mesh = mesh
-        self.check_finite = bool(check_finite)
+    # Leaf operators compile their own products; derived ones compose their base's.
+    compiles_products: ClassVar[bool] = True
 
-    # -- single products ---------------------------------------------------------------
+    # Hashed by identity, like a function (an eqx.Module hashes its leaves, and arrays are not
+    # hashable): ``jax.jit(op.mv)`` and jitted functions closing over an operator then work.
+    def __hash__(self) -> int:
+        return id(self)
+
+    @abc.abstractmethod
+    def _mv(self, v: jax.Array) -> jax.Array:
+        """``A v``, traceable, no checks."""
+
+    @abc.abstractmethod
+    def _rmv(self, u: jax.Array) -> jax.Array:
+        """``A^T u``, traceable, no checks."""
+
+    def _matmat(self, V: jax.Array) -> jax.Array:
+        return _block_apply(self._mv, V, self.chunk_size, self.mesh)
+
+    def _rmatmat(self, U: jax.Array) -> jax.Array:
+        return _block_apply(self._rmv, U, self.chunk_size, self.mesh)
+
+    def apply(self, kind: str, x: jax.Array) -> jax.Array:
+        """The raw product ``kind`` (``"mv"``, ``"rmv"``, ``"matmat"``, ``"rmatmat"``) of ``x``:
+        compiled, without the input and finiteness checks of :meth:`mv` and friends. For
+        solvers whose vectors come from their own bases (each check is a host round trip)."""
+        if self.compiles_products:
+            return _PRODUCTS[kind](self, x)
+        return getattr(self, "_" + kind)(x)
+
+    def _checked(self, kind: str, x: Any) -> jax.Array:
+        block = kind in ("matmat", "rmatmat")
+        n = self.shape[1] if kind in ("mv", "matmat") else self.shape[0]
+        x = _check_input(x, n, self.dtype, kind, block=block)
+        if block and x.shape[1] == 0:
+            return jnp.zeros((self.shape[0] + self.shape[1] - n, 0), self.dtype)
+        y = self.apply(kind, x)
+        return _finite_or_raise(y, kind) if self.check_finite else y
+
+    # -- products ------------------------------------------------------------------------
     def mv(self, v: jax.Array) -> jax.Array:
         """``A v`` for ``v`` of shape ``(n,)``."""
-        v = _check_vector(v, self.shape[1], self.dtype, "mv")
-        y = self.mv_fn(v)
-        return _finite_or_raise(y, "mv") if self.check_finite else y
+        return self._checked("mv", v)
 
     def rmv(self, u: jax.Array) -> jax.Array:
         """``A^T u`` for ``u`` of shape ``(m,)``."""
-        u = _check_vector(u, self.shape[0], self.dtype, "rmv")
-        y = self.rmv_fn(u)
-        return _finite_or_raise(y, "rmv") if self.check_finite else y
+        return self._checked("rmv", u)
 
-    # -- block products ----------------------------------------------------------------
     def matmat(self, V: jax.Array) -> jax.Array:
         """``A V`` for ``V`` of shape ``(n, k)``: vmapped in chunks, sharded over ``mesh``."""
-        V = _check_block(V, self.shape[1], self.dtype, "matmat")
-        if V.shape[1] == 0:
-            return jnp.zeros((self.shape[0], 0), self.dtype)
-        Y = _compiled_block(self.mv_fn, self.chunk_size, self.mesh, V)(V)
-        return _finite_or_raise(Y, "matmat") if self.check_finite else Y
+        return self._checked("matmat", V)
 
     def rmatmat(self, U: jax.Array) -> jax.Array:
         """``A^T U`` for ``U`` of shape ``(m, k)``."""
-        U = _check_block(U, self.shape[0], self.dtype, "rmatmat")
-        if U.shape[1] == 0:
-            return jnp.zeros((self.shape[1], 0), self.dtype)
-        Y = _compiled_block(self.rmv_fn, self.chunk_size, self.mesh, U)(U)
-        return _finite_or_raise(Y, "rmatmat") if self.check_finite else Y
+        return self._checked("rmatmat", U)
 
     @property
-    def T(self) -> LinearOperator:
-        """The transposed operator (swaps ``mv`` and ``rmv``)."""
+    def T(self) -> AbstractOperator:
+        """The transposed operator."""
         return transpose(self)
 
-    # -- conversions -------------------------------------------------------------------
+    # -- conversions -----------------------------------------------------------------------
     def to_dense(self) -> jax.Array:
         """Materialise ``A`` as an ``(m, n)`` array by chunked forward products.
 
@@ -289,13 +279,12 @@ class LinearOperator(eqx.Module):
     def to_scipy(self):
         """A :class:`scipy.sparse.linalg.LinearOperator` view (float64 numpy in and out).
 
-        The operator's own products are called (compiled once per operator, with their checks:
-        a non-finite product raises ``FloatingPointError`` here too); vectors are cast to the
+        The operator's own products are called (compiled once, with their checks: a
+        non-finite product raises ``FloatingPointError`` here too); vectors are cast to the
         operator dtype on the way in.
         """
         import scipy.sparse.linalg as spla
 
-        mv, rmv, mm, rmm = self.mv, self.rmv, self.matmat, self.rmatmat
         dt = self.dtype
 
         def wrap(f):
@@ -310,83 +299,287 @@ class LinearOperator(eqx.Module):
 
         return spla.LinearOperator(
             shape=self.shape,
-            matvec=wrap(mv),
-            rmatvec=wrap(rmv),
-            matmat=wrap(mm),
-            rmatmat=wrap(rmm),
+            matvec=wrap(self.mv),
+            rmatvec=wrap(self.rmv),
+            matmat=wrap(self.matmat),
+            rmatmat=wrap(self.rmatmat),
             dtype=np.float64,
         )
 
 
-def product_fns(op: LinearOperator) -> tuple[Callable, Callable]:
-    """``(mv, rmv)`` of ``op`` as plain functions of one vector, for building derived
-    operators: the compiled ``mv_fn`` / ``rmv_fn`` (no per-call checks) unless a subclass
-    computes its products in its own methods (:class:`Projected`, :class:`Swapped`), whose
-    methods are then used."""
-    cls = type(op)
-    if cls.mv is LinearOperator.mv and cls.rmv is LinearOperator.rmv:
-        return op.mv_fn, op.rmv_fn
-    return (lambda v: op.mv(v)), (lambda u: op.rmv(u))
+# --------------------------------------------------------------------------------------
+# Leaf operators
+# --------------------------------------------------------------------------------------
 
 
-def _through_base(x):  # pragma: no cover - the wrappers below override every product
-    raise NotImplementedError("This operator computes its products through its base operator.")
+def _convert(fn: Any, n_in: int, n_out: int, dtype: Any, what: str):
+    """``fn`` with the arrays it closes over hoisted into pytree leaves
+    (``eqx.filter_closure_convert``), after checking that it maps ``(n_in,)`` to ``(n_out,)``
+    in ``dtype``. The operator then holds no reference to ``fn`` itself, so a compiled product
+    keeps neither the function nor its captured arrays alive."""
+    x = jax.ShapeDtypeStruct((n_in,), dtype)
+    try:
+        # one trace of fn (the shape check below evaluates the converted jaxpr, not fn again)
+        converted = eqx.filter_closure_convert(fn, x)
+        out = jax.eval_shape(converted, x)
+    except Exception as e:  # noqa: BLE001 - re-raised with what to do
+        raise TypeError(
+            f"LinearOperator: {what} cannot be traced by JAX on a ({n_in},) "
+            f"{jnp.dtype(dtype).name} vector ({type(e).__name__}: {e}). Products must be pure "
+            "JAX functions (use jax.pure_callback for host code)."
+        ) from e
+    got = (tuple(getattr(out, "shape", ())), getattr(out, "dtype", type(out).__name__))
+    if got != ((n_out,), jnp.dtype(dtype)):
+        raise TypeError(
+            f"LinearOperator: {what} maps a ({n_in},) {jnp.dtype(dtype).name} vector to "
+            f"shape {got[0]} dtype {got[1]}, but the operator declares ({n_out},) "
+            f"{jnp.dtype(dtype).name}. Make {what} return the declared shape and dtype "
+            "(e.g. cast with .astype), or declare the shape/dtype it returns."
+        )
+    return converted
 
 
-def _init_through(op: LinearOperator, base: LinearOperator, shape: tuple) -> None:
-    """Initialise a wrapper whose own methods compute every product through ``base``."""
-    LinearOperator.__init__(
-        op,
-        _through_base,
-        _through_base,
-        shape,
-        base.dtype,
-        chunk_size=base.chunk_size,
-        check_finite=base.check_finite,
-    )
+class LinearOperator(AbstractOperator):
+    r"""A linear map given by a pair of product functions.
+
+    Parameters
+    ----------
+    mv
+        Pure function ``v: (n,) -> A v: (m,)``. Must be traceable by JAX. Arrays it closes
+        over become leaves of the operator (closure conversion), not compiled constants.
+    rmv
+        Pure function ``u: (m,) -> A^T u: (n,)``.
+    shape
+        ``(m, n)``.
+    dtype
+        dtype of the vectors in and out.
+    chunk_size
+        Columns per vmapped chunk in :meth:`matmat` / :meth:`rmatmat` (bounds memory).
+    mesh
+        Optional device mesh; block products split their columns across its first axis.
+    check_finite
+        If True, products that produce NaN/inf raise (works under ``jit``).
+
+    Cost: construction traces ``mv`` and ``rmv`` once each (abstractly, no compute); the
+    first product of each kind compiles it.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp, matfree_tj as mtj
+    >>> A = jnp.arange(6.0).reshape(2, 3)
+    >>> op = mtj.LinearOperator(lambda v: A @ v, lambda u: A.T @ u, (2, 3), A.dtype)
+    >>> op.mv(jnp.ones(3)).tolist()
+    [3.0, 12.0]
+    """
+
+    mv_fn: Any
+    rmv_fn: Any
+
+    def __init__(self, mv, rmv, shape, dtype, *, chunk_size=64, mesh=None, check_finite=True):
+        if not (callable(mv) and callable(rmv)):
+            raise TypeError("LinearOperator(mv, rmv, shape, dtype): mv and rmv must be callables.")
+        self.shape, self.chunk_size = _check_settings(shape, chunk_size)
+        self.dtype = jnp.dtype(dtype)
+        self.mesh = mesh
+        self.check_finite = bool(check_finite)
+        m, n = self.shape
+        self.mv_fn = _convert(mv, n, m, self.dtype, "mv")
+        self.rmv_fn = _convert(rmv, m, n, self.dtype, "rmv")
+
+    def _mv(self, v):
+        return self.mv_fn(v)
+
+    def _rmv(self, u):
+        return self.rmv_fn(u)
 
 
-class Projected(LinearOperator):
+class MatrixOperator(AbstractOperator):
+    r"""A dense matrix as an operator; the matrix is a leaf, so all matrix operators of one
+    shape and dtype share their compiled products (and the solvers' kernels).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp, matfree_tj as mtj
+    >>> mtj.MatrixOperator(jnp.diag(jnp.array([2.0, 3.0]))).rmv(jnp.ones(2)).tolist()
+    [2.0, 3.0]
+    """
+
+    A: jax.Array
+
+    def __init__(self, A, *, chunk_size=64, mesh=None, check_finite=True):
+        A = _as_array(A, "MatrixOperator", "a 2-d array")
+        if A.ndim != 2:
+            raise ValueError(f"MatrixOperator needs a 2-d array, got shape {A.shape}.")
+        self.shape, self.chunk_size = _check_settings(A.shape, chunk_size)
+        self.dtype = A.dtype
+        self.mesh = mesh
+        self.check_finite = bool(check_finite)
+        self.A = A
+
+    def _mv(self, v):
+        return _mm(self.A, v)
+
+    def _rmv(self, u):
+        return _mm(self.A.T, u)
+
+    def _matmat(self, V):
+        return _mm(self.A, V) if self.mesh is None else super()._matmat(V)
+
+    def _rmatmat(self, U):
+        return _mm(self.A.T, U) if self.mesh is None else super()._rmatmat(U)
+
+    def to_dense(self) -> jax.Array:
+        return self.A
+
+
+# --------------------------------------------------------------------------------------
+# Derived operators: small classes around a base operator
+# --------------------------------------------------------------------------------------
+
+
+class _Derived(AbstractOperator):
+    """An operator computing its products from ``base``'s compiled products plus glue."""
+
+    base: AbstractOperator
+    compiles_products: ClassVar[bool] = False
+
+    def _init_from(self, base: AbstractOperator, shape: tuple[int, int]) -> None:
+        if not isinstance(base, AbstractOperator):
+            raise TypeError(
+                f"expected a matfree_tj operator, got {type(base).__name__}. Wrap a matrix as "
+                "mtj.MatrixOperator(A) or functions as mtj.LinearOperator(mv, rmv, shape, dtype)."
+            )
+        self.base = base
+        self.shape = shape
+        self.dtype = base.dtype
+        self.chunk_size = base.chunk_size
+        self.mesh = base.mesh
+        self.check_finite = base.check_finite
+
+
+class Transposed(_Derived):
+    """``A^T``: ``mv`` is ``A``'s ``rmv`` and so on; costs nothing extra."""
+
+    def __init__(self, base: AbstractOperator):
+        self._init_from(base, tuple(base.shape[::-1]))
+
+    def _mv(self, v):
+        return self.base.apply("rmv", v)
+
+    def _rmv(self, u):
+        return self.base.apply("mv", u)
+
+    def _matmat(self, V):
+        return self.base.apply("rmatmat", V)
+
+    def _rmatmat(self, U):
+        return self.base.apply("matmat", U)
+
+
+@jax.jit
+def _axpy(a, x, y):
+    return y + a * x
+
+
+class Shifted(_Derived):
+    r"""``A + alpha I`` for square ``A``; ``alpha`` is a leaf (a new shift compiles nothing)."""
+
+    alpha: jax.Array
+
+    def __init__(self, base: AbstractOperator, alpha: Any):
+        self._init_from(base, base.shape)
+        if base.shape[0] != base.shape[1]:
+            raise ValueError(f"add_identity needs a square operator, got shape {base.shape}.")
+        self.alpha = jnp.asarray(alpha, base.dtype)
+
+    def _mv(self, v):
+        return _axpy(self.alpha, v, self.base.apply("mv", v))
+
+    def _rmv(self, u):
+        return _axpy(self.alpha, u, self.base.apply("rmv", u))
+
+    def _matmat(self, V):
+        return _axpy(self.alpha, V, self.base.apply("matmat", V))
+
+    def _rmatmat(self, U):
+        return _axpy(self.alpha, U, self.base.apply("rmatmat", U))
+
+
+class Gram(_Derived):
+    r"""``A^T A`` (``side="right"``, ``n x n``) or ``A A^T`` (``side="left"``): symmetric,
+    one ``mv`` and one ``rmv`` of ``A`` per product."""
+
+    side: str = eqx.field(static=True)
+
+    def __init__(self, base: AbstractOperator, side: str = "right"):
+        if side not in ("right", "left"):
+            raise ValueError(f"side must be 'right' (A^T A) or 'left' (A A^T), got {side!r}.")
+        n = base.shape[1] if side == "right" else base.shape[0]
+        self._init_from(base, (n, n))
+        self.side = side
+
+    def _apply_twice(self, x, block: bool):
+        # right: A^T (A x); left: A (A^T x)
+        names = ("matmat", "rmatmat") if block else ("mv", "rmv")
+        first, second = names if self.side == "right" else names[::-1]
+        return self.base.apply(second, self.base.apply(first, x))
+
+    def _mv(self, v):
+        return self._apply_twice(v, False)
+
+    _rmv = _mv
+
+    def _matmat(self, V):
+        return self._apply_twice(V, True)
+
+    _rmatmat = _matmat
+
+
+@jax.jit
+def _project_off(B, x):
+    return x - _mm(B, _mm(B.T, x))
+
+
+@jax.jit
+def _lift(B, C, d, x):  # B diag(d) C^T x, for a vector or a block
+    c = _mm(C.T, x)
+    return _mm(B, d * c if x.ndim == 1 else d[:, None] * c)
+
+
+class Projected(_Derived):
     r"""``(I - U_l U_l^T) A (I - V_r V_r^T)`` for orthonormal columns ``U_l`` ``(m, a)`` and
     ``V_r`` ``(n, b)`` (either may have zero columns): ``A`` with known singular triplets
     deflated. If ``A V_r = U_l S`` exactly, the other singular triplets of ``A`` are those of
-    this operator, and the deflated directions become zeros.
-
-    The bases are pytree leaves (not closed over), so a new deflation reuses the solvers'
-    compiled kernels. Products go through the base operator's methods (so it composes with any
-    subclass); one product of ``A`` each, plus ``O((a + b) n)`` flops.
+    this operator, and the deflated directions become zeros. The bases are leaves: a new
+    deflation compiles nothing. One product of ``A`` each, plus ``O((a + b) n)`` flops.
     """
 
-    base: LinearOperator
     Ul: jax.Array
     Vr: jax.Array
 
-    def __init__(self, base: LinearOperator, Ul: jax.Array | None, Vr: jax.Array | None):
-        _init_through(self, base, base.shape)
+    def __init__(self, base: AbstractOperator, Ul: Any = None, Vr: Any = None):
+        self._init_from(base, base.shape)
         m, n = base.shape
-        self.base = base
         self.Ul = jnp.zeros((m, 0), base.dtype) if Ul is None else jnp.asarray(Ul, base.dtype)
         self.Vr = jnp.zeros((n, 0), base.dtype) if Vr is None else jnp.asarray(Vr, base.dtype)
 
-    @staticmethod
-    def _off(B, x):
-        c = jnp.matmul(B.T, x, precision=jax.lax.Precision.HIGHEST)
-        return x - jnp.matmul(B, c, precision=jax.lax.Precision.HIGHEST)
+    def _through(self, kind, x, pre, post):
+        return _project_off(post, self.base.apply(kind, _project_off(pre, x)))
 
-    def mv(self, v):
-        return self._off(self.Ul, self.base.mv(self._off(self.Vr, v)))
+    def _mv(self, v):
+        return self._through("mv", v, self.Vr, self.Ul)
 
-    def rmv(self, u):
-        return self._off(self.Vr, self.base.rmv(self._off(self.Ul, u)))
+    def _rmv(self, u):
+        return self._through("rmv", u, self.Ul, self.Vr)
 
-    def matmat(self, V):
-        return self._off(self.Ul, self.base.matmat(self._off(self.Vr, V)))
+    def _matmat(self, V):
+        return self._through("matmat", V, self.Vr, self.Ul)
 
-    def rmatmat(self, U):
-        return self._off(self.Vr, self.base.rmatmat(self._off(self.Ul, U)))
+    def _rmatmat(self, U):
+        return self._through("rmatmat", U, self.Ul, self.Vr)
 
 
-class Raised(LinearOperator):
+class Raised(_Derived):
     r"""``A + U_l diag(d) V_r^T`` for orthonormal columns ``U_l``, ``V_r`` ``(., a)``: with
     ``A V_r = U_l S`` it moves those singular values from ``s_i`` to ``s_i + d_i`` and leaves the
     others. Used to push found small singular values out of the way (``d = c - s`` for a large
@@ -394,137 +587,85 @@ class Raised(LinearOperator):
     :class:`Projected` does, would make them the smallest instead. One product of ``A`` each.
     """
 
-    base: LinearOperator
     Ul: jax.Array
     Vr: jax.Array
     d: jax.Array
 
-    def __init__(self, base: LinearOperator, Ul: jax.Array, Vr: jax.Array, d: jax.Array):
-        _init_through(self, base, base.shape)
-        self.base = base
+    def __init__(self, base: AbstractOperator, Ul: Any, Vr: Any, d: Any):
+        self._init_from(base, base.shape)
         self.Ul = jnp.asarray(Ul, base.dtype)
         self.Vr = jnp.asarray(Vr, base.dtype)
         self.d = jnp.asarray(d, base.dtype)
 
-    @staticmethod
-    def _lift(B, C, d, x):  # B diag(d) C^T x, for a vector or a block
-        c = jnp.matmul(C.T, x, precision=jax.lax.Precision.HIGHEST)
-        c = d * c if x.ndim == 1 else d[:, None] * c
-        return jnp.matmul(B, c, precision=jax.lax.Precision.HIGHEST)
+    def _mv(self, v):
+        return self.base.apply("mv", v) + _lift(self.Ul, self.Vr, self.d, v)
 
-    def mv(self, v):
-        return self.base.mv(v) + self._lift(self.Ul, self.Vr, self.d, v)
+    def _rmv(self, u):
+        return self.base.apply("rmv", u) + _lift(self.Vr, self.Ul, self.d, u)
 
-    def rmv(self, u):
-        return self.base.rmv(u) + self._lift(self.Vr, self.Ul, self.d, u)
+    def _matmat(self, V):
+        return self.base.apply("matmat", V) + _lift(self.Ul, self.Vr, self.d, V)
 
-    def matmat(self, V):
-        return self.base.matmat(V) + self._lift(self.Ul, self.Vr, self.d, V)
-
-    def rmatmat(self, U):
-        return self.base.rmatmat(U) + self._lift(self.Vr, self.Ul, self.d, U)
+    def _rmatmat(self, U):
+        return self.base.apply("rmatmat", U) + _lift(self.Vr, self.Ul, self.d, U)
 
 
-class Swapped(LinearOperator):
-    """``A^T`` through the base operator's methods (``mv`` is ``A.rmv``, and so on)."""
-
-    base: LinearOperator
-
-    def __init__(self, base: LinearOperator):
-        _init_through(self, base, base.shape[::-1])
-        self.base = base
-
-    def mv(self, v):
-        return self.base.rmv(v)
-
-    def rmv(self, u):
-        return self.base.mv(u)
-
-    def matmat(self, V):
-        return self.base.rmatmat(V)
-
-    def rmatmat(self, U):
-        return self.base.matmat(U)
+# --------------------------------------------------------------------------------------
+# Free functions
+# --------------------------------------------------------------------------------------
 
 
-def transpose(op: LinearOperator) -> LinearOperator:
-    """``A^T`` as an operator."""
-    m, n = op.shape
-    mv, rmv = product_fns(op)
-    return LinearOperator(
-        rmv,
-        mv,
-        (n, m),
-        op.dtype,
-        chunk_size=op.chunk_size,
-        mesh=op.mesh,
-        check_finite=op.check_finite,
-    )
+def transpose(op: AbstractOperator) -> AbstractOperator:
+    """``A^T`` as an operator (the transpose of a transpose is the original)."""
+    return op.base if isinstance(op, Transposed) else Transposed(op)
 
 
-def add_identity(op: LinearOperator, alpha: float = -1.0) -> LinearOperator:
+def add_identity(op: AbstractOperator, alpha: float = -1.0) -> AbstractOperator:
     r"""``A + alpha I`` for square ``A`` (``alpha=-1`` gives ``J - I``, exposing the bulk).
 
-    One product of ``A`` per product; nothing is materialised.
+    One product of ``A`` per product; nothing is materialised, nothing new is compiled.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp, matfree_tj as mtj
+    >>> op = mtj.add_identity(mtj.MatrixOperator(jnp.diag(jnp.array([1.0, 3.0]))), -1.0)
+    >>> op.mv(jnp.ones(2)).tolist()
+    [0.0, 2.0]
     """
-    m, n = op.shape
-    if m != n:
-        raise ValueError(f"add_identity needs a square operator, got shape {op.shape}.")
-    a = float(alpha)
-    mv, rmv = product_fns(op)
-    return LinearOperator(
-        lambda v: mv(v) + a * v,
-        lambda u: rmv(u) + a * u,
-        op.shape,
-        op.dtype,
-        chunk_size=op.chunk_size,
-        mesh=op.mesh,
-        check_finite=op.check_finite,
-    )
+    return Shifted(op, float(alpha))
 
 
-def gram(op: LinearOperator, side: str = "right") -> LinearOperator:
+def gram(op: AbstractOperator, side: str = "right") -> AbstractOperator:
     r"""``A^T A`` (``side="right"``, ``n x n``) or ``A A^T`` (``side="left"``, ``m x m``).
 
-    Symmetric; each product costs one ``mv`` and one ``rmv``.
+    Symmetric; each product costs one ``mv`` and one ``rmv`` of ``A``.
     """
-    m, n = op.shape
-    mv, rmv = product_fns(op)
-    if side == "right":
-        f = lambda v: rmv(mv(v))  # noqa: E731
-        shape = (n, n)
-    elif side == "left":
-        f = lambda u: mv(rmv(u))  # noqa: E731
-        shape = (m, m)
-    else:
-        raise ValueError(f"side must be 'right' (A^T A) or 'left' (A A^T), got {side!r}.")
-    return LinearOperator(
-        f,
-        f,
-        shape,
-        op.dtype,
-        chunk_size=op.chunk_size,
-        mesh=op.mesh,
-        check_finite=op.check_finite,
-    )
+    return Gram(op, side)
 
 
-def materialise(op: LinearOperator) -> jax.Array:
-    """Dense ``(m, n)`` matrix of ``op``, built column chunk by column chunk (forward mode)."""
+def _materialise(op: AbstractOperator) -> jax.Array:
     m, n = op.shape
     c = max(1, min(op.chunk_size, n))
     num_chunks = -(-n // c)
-    mv, _ = product_fns(op)
 
-    @jax.jit
-    def build():
-        def chunk(i):
-            idx = i * c + jnp.arange(c)
-            E = (idx[:, None] == jnp.arange(n)[None, :]).astype(op.dtype)  # (c, n) unit rows
-            return jax.vmap(mv)(E)  # (c, m)
+    def chunk(i):
+        idx = i * c + jnp.arange(c)
+        E = (idx[:, None] == jnp.arange(n)[None, :]).astype(op.dtype)  # (c, n) unit rows
+        return jax.vmap(op._mv)(E)  # (c, m)
 
-        cols = jax.lax.map(chunk, jnp.arange(num_chunks))
-        return cols.reshape(num_chunks * c, m)[:n].T
+    cols = jax.lax.map(chunk, jnp.arange(num_chunks))
+    return cols.reshape(num_chunks * c, m)[:n].T
 
-    A = build()
+
+_materialise_jit = eqx.filter_jit(_materialise)
+
+
+def materialise(op: AbstractOperator) -> jax.Array:
+    """Dense ``(m, n)`` matrix of ``op``, built column chunk by column chunk (forward mode).
+
+    Costs ``n`` products; compiled once per operator structure (the operator is an argument).
+    """
+    if isinstance(op, MatrixOperator):
+        return op.A
+    A = _materialise_jit(op)
     return _finite_or_raise(A, "to_dense") if op.check_finite else A

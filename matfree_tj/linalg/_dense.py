@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import scipy.linalg
 
-from ..core._operator import LinearOperator
+from ..core._operator import AbstractOperator
 
 __all__ = ["DenseSVD", "dense_svd"]
 
@@ -29,14 +29,14 @@ class DenseSVD(eqx.Module):
 
 
 def dense_svd(
-    op: LinearOperator | Any, compute_vectors: bool = False, *, dtype: Any = np.float64
+    op: AbstractOperator | Any, compute_vectors: bool = False, *, dtype: Any = np.float64
 ) -> DenseSVD:
     r"""All singular values (and optionally vectors) of ``op``, densely.
 
     Parameters
     ----------
     op
-        A :class:`LinearOperator` (materialised with ``op.to_dense()``: ``n`` forward products)
+        A :class:`AbstractOperator` (materialised with ``op.to_dense()``: ``n`` forward products)
         or an array.
     compute_vectors
         Also return ``U`` and ``V`` (``(m, r)`` and ``(n, r)``, ``r = min(m, n)``).
@@ -51,7 +51,7 @@ def dense_svd(
     >>> mtj.dense_svd(np.diag([3.0, 1.0, 2.0])).s
     array([3., 2., 1.])
     """
-    A = op.to_dense() if isinstance(op, LinearOperator) else op
+    A = op.to_dense() if isinstance(op, AbstractOperator) else op
     A = np.asarray(jax.device_get(A), dtype=dtype)
     if A.ndim != 2:
         raise ValueError(f"dense_svd needs a matrix, got shape {A.shape}.")

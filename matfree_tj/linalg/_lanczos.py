@@ -60,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core._operator import LinearOperator, Projected, Raised, Swapped, product_fns
+from ..core._operator import AbstractOperator, Projected, Raised, Transposed
 from ._results import SingularTriplets
 
 __all__ = ["top_singular", "bottom_singular", "gkl_cycle", "gkl_block_cycle"]
@@ -77,11 +77,11 @@ def _mm(a, b):
 # --------------------------------------------------------------------------------------
 
 
-def check_operator(op: Any, who: str, *, square: bool = False) -> LinearOperator:
-    if not isinstance(op, LinearOperator):
+def check_operator(op: Any, who: str, *, square: bool = False) -> AbstractOperator:
+    if not isinstance(op, AbstractOperator):
         raise TypeError(
-            f"{who}: expected a matfree_tj.LinearOperator, got {type(op).__name__}. Wrap a dense "
-            "matrix A as LinearOperator(lambda v: A @ v, lambda u: A.T @ u, A.shape, A.dtype)."
+            f"{who}: expected a matfree_tj operator, got {type(op).__name__}. Wrap a dense "
+            "matrix A as mtj.MatrixOperator(A), or functions as mtj.LinearOperator(mv, rmv, shape, dtype)."
         )
     if not jnp.issubdtype(op.dtype, jnp.floating):
         raise TypeError(f"{who}: the operator dtype must be floating, got {op.dtype}.")
@@ -127,7 +127,7 @@ def run_guarded(fn, *args):
     """Call a compiled kernel; turn the operator's NaN/inf runtime error into FloatingPointError."""
     try:
         return fn(*args)
-    except RuntimeError as e:  # eqx.error_if from LinearOperator.check_finite
+    except RuntimeError as e:  # eqx.error_if from the operator's check_finite
         if "NaN or inf" in str(e):
             raise FloatingPointError(
                 "An operator product produced NaN or inf (see the chained error). The training "
@@ -206,7 +206,7 @@ def _right_step(Vt, z, j, key, replace: bool):
     return Vt.at[j + 1].set(v), v, beta, broke
 
 
-def _gkl_cycle(op: LinearOperator, Ut, Vt, R, start, seed, replace: bool = True):
+def _gkl_cycle(op: AbstractOperator, Ut, Vt, R, start, seed, replace: bool = True):
     r"""Run Golub-Kahan steps ``start .. m-1`` on bases ``Ut: (m, M)``, ``Vt: (m+1, N)``.
 
     Rows ``0 .. start`` of ``Vt`` (``start`` included: the next direction) and rows
@@ -255,16 +255,16 @@ _right_step_jit = {
 }
 
 
-def _raw_products(op: LinearOperator):
+def _raw_products(op: AbstractOperator):
     """The operator's compiled product functions, without the per-call shape and finiteness
     checks of ``op.mv`` (the vectors come from the solver's own bases, and a non-finite product
     shows in the Lanczos coefficients, which the driver checks once per cycle): each check is a
     host round trip, comparable to a product of a millisecond. Subclasses that override the
     products (deflated, transposed or dense operators) keep their methods."""
-    return product_fns(op)
+    return (lambda v: op.apply("mv", v)), (lambda u: op.apply("rmv", u))
 
 
-def _gkl_cycle_eager(op: LinearOperator, Ut, Vt, R, start: int, seed: float, replace: bool = True):
+def _gkl_cycle_eager(op: AbstractOperator, Ut, Vt, R, start: int, seed: float, replace: bool = True):
     """:func:`gkl_cycle` driven from Python: the operator's own products (``op.mv``,
     ``op.rmv``, each compiled once per operator and reused by every solver and restart) between
     compiled half-steps. Compiling the products into each solver kernel cost seconds per kernel
@@ -291,7 +291,7 @@ def _gkl_cycle_eager(op: LinearOperator, Ut, Vt, R, start: int, seed: float, rep
 
 
 @eqx.filter_jit
-def gkl_block_cycle(op: LinearOperator, Ut, Vt, R, start, seed, block_size: int):
+def gkl_block_cycle(op: AbstractOperator, Ut, Vt, R, start, seed, block_size: int):
     r"""Block Golub-Kahan steps: rows ``start .. m-1`` of ``Ut``, ``b = block_size`` at a time.
 
     Products are block products (``op.matmat`` / ``op.rmatmat`` on ``b`` columns: one shared
@@ -404,7 +404,7 @@ def _residual_norm(Av, U, Atu, V, s, i):
     return jnp.sqrt(jnp.sum((Av - s[i] * U[:, i]) ** 2) + jnp.sum((Atu - s[i] * V[:, i]) ** 2))
 
 
-def _true_residuals(op: LinearOperator, U, V, s):
+def _true_residuals(op: AbstractOperator, U, V, s):
     """``sqrt(||A v_i - s_i u_i||^2 + ||A^T u_i - s_i v_i||^2)`` per column, from fresh
     products: the operator's own single products (compiled once per operator, shared with the
     Lanczos steps), so checking costs no new compilation of the products."""
@@ -618,7 +618,7 @@ def _default_keep(k, m):
 
 
 def top_singular(
-    op: LinearOperator,
+    op: AbstractOperator,
     k: int,
     *,
     key: jax.Array | None = None,
@@ -784,7 +784,7 @@ def _run(
             v0 = _check_v0(v0, N, op.dtype)
             v0 = op.mv(v0)
         res = _run(
-            Swapped(op),
+            Transposed(op),
             k,
             key=key,
             which=which,
@@ -989,7 +989,7 @@ def _find_missed(op, res, *, which, key, tol, atol, max_products, progress):
 
 
 def bottom_singular(
-    op: LinearOperator,
+    op: AbstractOperator,
     k: int,
     *,
     key: jax.Array | None = None,

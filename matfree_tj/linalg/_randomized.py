@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core._operator import LinearOperator
+from ..core._operator import AbstractOperator
 from ._lanczos import _check_common, check_int, check_tol, finalise, run_guarded
 from ._results import SingularTriplets
 
@@ -51,14 +51,14 @@ def _proj_off(Q, Y):
 
 
 @eqx.filter_jit
-def _probe(op: LinearOperator, Q, Omega):
+def _probe(op: AbstractOperator, Q, Omega):
     """New block ``(I - QQ^T) A Omega`` and its largest column norm (the posterior estimate)."""
     Y = _proj_off(Q, op.matmat(Omega))
     return Y, jnp.max(jnp.linalg.norm(Y, axis=0))
 
 
 @eqx.filter_jit
-def _power_and_basis(op: LinearOperator, Q, Y, num_power: int):
+def _power_and_basis(op: AbstractOperator, Q, Y, num_power: int):
     """Power iterations on the block (QR between), a new orthonormal block ``Qi``, ``A^T Qi``."""
     Y, _ = jnp.linalg.qr(Y)
 
@@ -72,7 +72,7 @@ def _power_and_basis(op: LinearOperator, Q, Y, num_power: int):
 
 
 def randomized_svd(
-    op: LinearOperator,
+    op: AbstractOperator,
     k: int,
     *,
     key: jax.Array | None = None,

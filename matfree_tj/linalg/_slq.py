@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core._operator import LinearOperator, Projected
+from ..core._operator import AbstractOperator, Projected
 from ._dense import dense_svd
 from ._lanczos import check_int, check_key, check_operator, gkl_cycle, run_guarded
 from ._results import RegionCounts, RegionStderr, SpectralDensity, _stderr, region_spans
@@ -65,7 +65,7 @@ def _small_svd(R: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @eqx.filter_jit
-def _slq_batch(op: LinearOperator, Z, keys, num_steps: int, batch_size: int):
+def _slq_batch(op: AbstractOperator, Z, keys, num_steps: int, batch_size: int):
     """For unit probes ``Z`` (rows): projected matrices ``R`` (``(num_probes, m, m)``), the
     probes' coordinates in the left Krylov bases ``U_m z`` (``(num_probes, m)``, for the
     alignment quadrature) and a finite flag per probe."""
@@ -95,7 +95,7 @@ def _probes(key, num_probes, P, dtype, kind):
 
 
 def singular_value_density(
-    op: LinearOperator,
+    op: AbstractOperator,
     *,
     key: jax.Array | None = None,
     num_probes: int = 20,
@@ -227,7 +227,7 @@ def singular_value_density(
 
 
 def region_counts(
-    op: LinearOperator,
+    op: AbstractOperator,
     *,
     key: jax.Array | None = None,
     lo: float = 0.9,
