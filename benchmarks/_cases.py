@@ -14,6 +14,7 @@ of training runs, and the peak RSS of its measured part above the RSS after setu
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -490,7 +491,7 @@ def reverse_memory(
     J, out, _ = _setup(model, **UNCACHED)
     P = J.shape[0]
     u = jax.random.normal(jax.random.key(0), (P,), J.dtype)
-    out["jvp_memory"] = C.compiled_memory((lambda x: J.apply("mv", x)), u)
+    out["jvp_memory"] = C.compiled_memory(functools.partial(J.apply, "mv"), u)
     if time_it:
         out["jvp_s"] = C.time_call(J.mv, u, repeat=repeat, max_seconds=30)["median_s"]
     train_fn, params0, _ = build(model)
@@ -506,7 +507,7 @@ def reverse_memory(
         Jc = mtj.training_jacobian(
             train_fn, params0, checkpoint=ck, check_deterministic=False, **UNCACHED
         )
-        out[f"vjp_memory[{ck}]"] = C.compiled_memory((lambda x: Jc.apply("rmv", x)), u)
+        out[f"vjp_memory[{ck}]"] = C.compiled_memory(functools.partial(Jc.apply, "rmv"), u)
         fn = train_fn if ck == "none" else train_fn.with_checkpoint(ck)
         out[f"pullback_cache_bytes[{ck}]"] = _cache_bytes(
             lambda th, fn=fn: jax.vjp(flat(fn), th)[1], theta0
@@ -534,8 +535,8 @@ def product_rss(
     shape = (P,) if kind in ("jvp", "vjp") else (P, cols)
     x = jax.random.normal(jax.random.key(1), shape, J.dtype)
     f = {
-        "jvp": (lambda x: J.apply("mv", x)),
-        "vjp": (lambda x: J.apply("rmv", x)),
+        "jvp": functools.partial(J.apply, "mv"),
+        "vjp": functools.partial(J.apply, "rmv"),
         "matmat": lambda X: J.matmat(X),
         "rmatmat": lambda X: J.rmatmat(X),
     }[kind]

@@ -81,7 +81,7 @@ def products_case(
             f"    {name:22s} {t['median_s'] * 1e3:9.1f} ms (cold {t['cold_s']:.2f} s)", flush=True
         )
 
-    record("jvp", J.mv, v, 1, (lambda x: J.apply("mv", x)), repeat)
+    record("jvp", J.mv, v, 1, functools.partial(J.apply, "mv"), repeat)
     # Block products as a solver uses them (inside one jitted computation, compiled once) and
     # as a user calls them from Python (``J.matmat(V)`` eagerly).
     record(
@@ -102,7 +102,7 @@ def products_case(
                 tf, ref.params0, checkpoint=ck, check_deterministic=False, **plain
             )
         )
-        record(f"vjp[{ck}]", Jc.rmv, u, 1, (lambda x: Jc.apply("rmv", x)), repeat)
+        record(f"vjp[{ck}]", Jc.rmv, u, 1, functools.partial(Jc.apply, "rmv"), repeat)
         record(
             f"rmatmat[{ck}]",
             jax.jit(lambda X, Jc=Jc: Jc.rmatmat(X)),
@@ -122,7 +122,7 @@ def products_case(
             tf, ref.params0, forward="linearize", cache_reverse=True, check_deterministic=False
         )
     res["construct_cached_s"] = sw.seconds
-    record("jvp[cached]", Jk.mv, v, 1, (lambda x: Jk.apply("mv", x)), repeat)
+    record("jvp[cached]", Jk.mv, v, 1, functools.partial(Jk.apply, "mv"), repeat)
     record(
         "matmat[cached]",
         jax.jit(lambda X: Jk.matmat(X)),
@@ -131,7 +131,7 @@ def products_case(
         lambda X: Jk.matmat(X),
         max(2, repeat // 2),
     )
-    record("vjp[none,cached]", Jk.rmv, u, 1, (lambda x: Jk.apply("rmv", x)), repeat)
+    record("vjp[none,cached]", Jk.rmv, u, 1, functools.partial(Jk.apply, "rmv"), repeat)
     record(
         "rmatmat[none,cached]",
         jax.jit(lambda X: Jk.rmatmat(X)),
