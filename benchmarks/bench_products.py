@@ -13,6 +13,8 @@ Run: ``python -m benchmarks.run --only products`` (add ``--quick`` for fewer rep
 
 from __future__ import annotations
 
+import functools
+
 from benchmarks import _common as C
 
 CHECKPOINTS = ("none", "step", "sqrt")
