@@ -240,8 +240,9 @@ class AbstractOperator(eqx.Module):
         block = kind in ("matmat", "rmatmat")
         n = self.shape[1] if kind in ("mv", "matmat") else self.shape[0]
         x = _check_input(x, n, self.dtype, kind, block=block)
-        if block and x.shape[1] == 0:
-            return jnp.zeros((self.shape[0] + self.shape[1] - n, 0), self.dtype)
+        if block and x.shape[1] == 0:  # no columns: nothing to compute
+            rows = self.shape[0] if kind == "matmat" else self.shape[1]
+            return jnp.zeros((rows, 0), self.dtype)
         y = self.apply(kind, x)
         return _finite_or_raise(y, kind) if self.check_finite else y
 
