@@ -10,15 +10,15 @@ on first access, so ``import matfree_tj`` pulls in neither it nor scikit-learn.
 import importlib as _importlib
 
 from . import analysis as analysis  # noqa: E402,I001 - the analysis layer sits on the solvers
+from .core._derived import add_identity as add_identity
+from .core._derived import gram as gram
+from .core._derived import transpose as transpose
 from .core._jacobian import TrainingJacobian as TrainingJacobian
 from .core._jacobian import training_jacobian as training_jacobian
 from .core._operator import AbstractOperator as AbstractOperator
 from .core._operator import LinearOperator as LinearOperator
 from .core._operator import MatrixOperator as MatrixOperator
-from .core._operator import add_identity as add_identity
-from .core._operator import gram as gram
 from .core._operator import materialise as materialise
-from .core._operator import transpose as transpose
 from .core._train import TrainFn as TrainFn
 from .core._train import full_batch_schedule as full_batch_schedule
 from .core._train import make_train_fn as make_train_fn

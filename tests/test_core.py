@@ -122,7 +122,7 @@ def test_block_products_match_columns(tiny_sgd):
 
 def test_no_recompilation_on_second_call(tiny_sgd):
     # compiles counted by JAX itself (the cache sizes of the compiled products), not log text
-    from matfree_tj.core._operator import Projected, products_cache_size
+    from matfree_tj.core import Projected, products_cache_size
 
     _, J = tiny_sgd
     P = J.shape[0]
@@ -359,7 +359,7 @@ def test_composition_and_scipy():
 def test_composition_of_operators_with_their_own_products():
     # subclasses that compute products in their methods (deflated and transposed views) work in
     # every derived operator and conversion, not only in the solvers
-    from matfree_tj.core._operator import Projected, Transposed
+    from matfree_tj.core import Projected, Transposed
 
     B = jax.random.normal(jax.random.key(1), (7, 5))
     op = mtj.LinearOperator(lambda v: B @ v, lambda u: B.T @ u, B.shape, B.dtype)

@@ -3,15 +3,21 @@
 Imports nothing from the other layers (linalg, analysis, app). The layers above import core
 names from this package, not from its private modules."""
 
+from ._derived import Gram as Gram
+from ._derived import Projected as Projected
+from ._derived import Raised as Raised
+from ._derived import Shifted as Shifted
+from ._derived import Transposed as Transposed
+from ._derived import add_identity as add_identity
+from ._derived import gram as gram
+from ._derived import transpose as transpose
 from ._jacobian import TrainingJacobian as TrainingJacobian
 from ._jacobian import training_jacobian as training_jacobian
 from ._operator import AbstractOperator as AbstractOperator
 from ._operator import LinearOperator as LinearOperator
 from ._operator import MatrixOperator as MatrixOperator
-from ._operator import add_identity as add_identity
-from ._operator import gram as gram
 from ._operator import materialise as materialise
-from ._operator import transpose as transpose
+from ._operator import products_cache_size as products_cache_size
 from ._train import TrainFn as TrainFn
 from ._train import full_batch_schedule as full_batch_schedule
 from ._train import make_train_fn as make_train_fn

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import scipy.linalg
 
-from ..core._operator import AbstractOperator
+from ..core import AbstractOperator
 
 __all__ = ["DenseSVD", "dense_svd"]
 

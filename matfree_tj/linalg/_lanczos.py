@@ -60,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core._operator import AbstractOperator, Projected, Raised, Transposed
+from ..core import AbstractOperator, Projected, Raised, Transposed
 from ._results import SingularTriplets
 
 __all__ = ["top_singular", "bottom_singular", "gkl_cycle", "gkl_block_cycle"]
@@ -81,7 +81,8 @@ def check_operator(op: Any, who: str, *, square: bool = False) -> AbstractOperat
     if not isinstance(op, AbstractOperator):
         raise TypeError(
             f"{who}: expected a matfree_tj operator, got {type(op).__name__}. Wrap a dense "
-            "matrix A as mtj.MatrixOperator(A), or functions as mtj.LinearOperator(mv, rmv, shape, dtype)."
+            "matrix A as mtj.MatrixOperator(A), or functions as "
+            "mtj.LinearOperator(mv, rmv, shape, dtype)."
         )
     if not jnp.issubdtype(op.dtype, jnp.floating):
         raise TypeError(f"{who}: the operator dtype must be floating, got {op.dtype}.")
@@ -264,7 +265,9 @@ def _raw_products(op: AbstractOperator):
     return (lambda v: op.apply("mv", v)), (lambda u: op.apply("rmv", u))
 
 
-def _gkl_cycle_eager(op: AbstractOperator, Ut, Vt, R, start: int, seed: float, replace: bool = True):
+def _gkl_cycle_eager(
+    op: AbstractOperator, Ut, Vt, R, start: int, seed: float, replace: bool = True
+):
     """:func:`gkl_cycle` driven from Python: the operator's own products (``op.mv``,
     ``op.rmv``, each compiled once per operator and reused by every solver and restart) between
     compiled half-steps. Compiling the products into each solver kernel cost seconds per kernel

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core._operator import AbstractOperator
+from ..core import AbstractOperator
 from ._lanczos import _check_common, check_int, check_tol, finalise, run_guarded
 from ._results import SingularTriplets
 

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core._operator import AbstractOperator, Projected
+from ..core import AbstractOperator, Projected
 from ._dense import dense_svd
 from ._lanczos import check_int, check_key, check_operator, gkl_cycle, run_guarded
 from ._results import RegionCounts, RegionStderr, SpectralDensity, _stderr, region_spans
