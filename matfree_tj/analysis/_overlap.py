@@ -252,6 +252,15 @@ def bulk_nullspace_overlap(moved: Any, rowspace: Any, ks: Sequence[int]) -> Null
     near-nullspace lies in the bulk; equivalently the moved directions lie in the row space of
     ``F`` (``moved_in_rowspace``, mean squared principal cosine, random baseline ``r / P``).
     No operator products.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from matfree_tj.analysis import bulk_nullspace_overlap
+    >>> E = np.eye(6)  # moved directions e_0, e_1, e_2; row space of F: e_0, e_1
+    >>> ov = bulk_nullspace_overlap(E[:, :3], E[:, :2], [1, 3])
+    >>> ov.ks, [round(x, 3) for x in ov.moved_in_rowspace], ov.rowspace_dim
+    ((1, 3), [1.0, 0.667], 2)
     """
     V = _basis(moved)
     R = _np(rowspace)

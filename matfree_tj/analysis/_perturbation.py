@@ -173,6 +173,16 @@ def perturbation_response(
         ``u = J v / sigma`` are computed with one product, so any ``v`` works.
 
     Cost: ``len(eps)`` training runs (+1 product of ``J`` if ``u``/``sigma`` are omitted).
+
+    Examples
+    --------
+    >>> import jax, numpy as np, matfree_tj as mtj
+    >>> from matfree_tj.analysis import perturbation_response
+    >>> lr = mtj.examples.linear_regression(jax.random.key(0), 4, 6, eta=0.5, num_steps=3)
+    >>> J = mtj.training_jacobian(lr.train_fn, lr.params0)
+    >>> resp = perturbation_response(J, np.ones(6), eps=[1e-2, 1.0])  # GD on least squares
+    >>> resp.linear_up_to, bool(np.all(resp.linearisation_error < 1e-3))  # is exactly linear
+    (1.0, True)
     """
     v = _np(v)
     P = J.shape[1]
@@ -291,6 +301,16 @@ def output_sensitivity(
 
     Returns an :class:`OutputSensitivity` (``max_kl[name]``: ``(m,)``). Cost: ``m + 1`` forward
     passes per input set, no training.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp, numpy as np
+    >>> from matfree_tj.analysis import output_sensitivity
+    >>> apply = lambda w, X: X @ w  # a linear regression model, outputs (N,)
+    >>> X = jnp.array([[1.0, 0.0], [0.0, 2.0]])
+    >>> out = output_sensitivity(apply, jnp.zeros(2), np.eye(2), {"x": X}, unravel=lambda t: t)
+    >>> out.divergence, np.round(out.max_kl["x"], 4)  # max_x (x^T d)^2 / 2
+    ('gaussian', array([0.5, 2. ]))
     """
     if unravel is None:
         params, unravel = params.params_T_flat, params.unravel

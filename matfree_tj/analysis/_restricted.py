@@ -151,6 +151,17 @@ def restricted_training(
     matrix-vector products (projecting the gradient and the update), ``w`` the next power of
     two above ``k`` (capped at the basis width): the bases are zero-padded to ``w`` (zero
     columns leave ``Pi`` unchanged) so one compile serves each size bucket.
+
+    Examples
+    --------
+    >>> import jax, numpy as np, matfree_tj as mtj
+    >>> from matfree_tj.analysis import restricted_training
+    >>> lr = mtj.examples.linear_regression(jax.random.key(0), 4, 6, eta=0.5, num_steps=3)
+    >>> J = mtj.training_jacobian(lr.train_fn, lr.params0)
+    >>> norm = lambda w: jax.numpy.sum(w**2)
+    >>> out = restricted_training(J, {"full": np.eye(6)}, [6], eval_fn=norm)
+    >>> round(out.progress_at(6)["full"], 4)  # the full basis is the normal run
+    1.0
     """
     tf = J.train_fn
     loss_fn = loss_fn if loss_fn is not None else getattr(tf, "loss_fn", None)
