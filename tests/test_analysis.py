@@ -365,6 +365,7 @@ def test_bulk_nullspace_and_seed_overlap(mlp):
     assert seeds.fraction[0] == pytest.approx(1.0)
     assert seeds.basis_fraction[0] == pytest.approx(1.0)
     assert seeds.basis_baseline[0] == pytest.approx(12 / J.shape[0])
-    assert seeds.mean_fraction == pytest.approx(np.mean(seeds.fraction))
+    assert seeds.mean("fraction") == pytest.approx(np.mean(seeds.fraction))
+    assert seeds.to_dict()["mean_basis_baseline"] == seeds.mean("basis_baseline")
     with pytest.raises(ValueError, match="at least two"):
         an.seed_overlap([moved])

@@ -17,17 +17,6 @@ import numpy as np
 from ..linalg import principal_cosines
 from ._common import _np, model_inputs
 
-__all__ = [
-    "Overlap",
-    "NullspaceOverlap",
-    "SeedOverlap",
-    "subspace_overlap",
-    "function_jacobian",
-    "function_rowspace",
-    "bulk_nullspace_overlap",
-    "seed_overlap",
-]
-
 
 def _basis(x: Any) -> np.ndarray:
     """Right vectors of a :class:`~matfree_tj.analysis.Triplets`, or the array itself."""
@@ -183,6 +172,9 @@ class NullspaceOverlap:
         return {f.name: _listed(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
+_SEED_MEANS = ("fraction", "baseline", "basis_fraction", "basis_baseline")
+
+
 @dataclasses.dataclass(frozen=True)
 class SeedOverlap:
     r"""Result of :func:`seed_overlap`: one entry per pair of runs ``i < j``.
@@ -204,27 +196,17 @@ class SeedOverlap:
     basis_fraction: tuple[float, ...]
     basis_baseline: tuple[float, ...]
 
-    @property
-    def mean_fraction(self) -> float:
-        return float(np.mean(self.fraction))
-
-    @property
-    def mean_baseline(self) -> float:
-        return float(np.mean(self.baseline))
-
-    @property
-    def mean_basis_fraction(self) -> float:
-        return float(np.mean(self.basis_fraction))
-
-    @property
-    def mean_basis_baseline(self) -> float:
-        return float(np.mean(self.basis_baseline))
+    def mean(self, name: str) -> float:
+        """The mean over pairs of one field: ``"fraction"``, ``"baseline"``,
+        ``"basis_fraction"`` or ``"basis_baseline"``."""
+        if name not in _SEED_MEANS:
+            raise KeyError(f"name must be one of {_SEED_MEANS}, got {name!r}.")
+        return float(np.mean(getattr(self, name)))
 
     def to_dict(self) -> dict:
         """Every field (tuples as lists) and the four means, JSON-ready."""
         out = {f.name: _listed(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        for name in ("fraction", "baseline", "basis_fraction", "basis_baseline"):
-            out[f"mean_{name}"] = getattr(self, f"mean_{name}")
+        out.update({f"mean_{name}": self.mean(name) for name in _SEED_MEANS})
         return out
 
 

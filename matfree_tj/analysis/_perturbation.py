@@ -20,14 +20,6 @@ from jax.flatten_util import ravel_pytree
 
 from ._common import _np, model_inputs
 
-__all__ = [
-    "PerturbationResponse",
-    "OutputSensitivity",
-    "perturbation_response",
-    "ood_inputs",
-    "output_sensitivity",
-]
-
 # The per-eps measurements of a PerturbationResponse, in the order of its JSON rows.
 _ROW_FIELDS = (
     "eps",

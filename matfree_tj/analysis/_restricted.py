@@ -19,8 +19,6 @@ from jax.flatten_util import ravel_pytree
 from ..core import make_train_fn
 from ._common import _HI, _is_int, _np
 
-__all__ = ["RestrictedTraining", "restricted_training"]
-
 # Result keys of the JSON record that a basis may not be named after.
 _TAKEN = ("ks", "unconstrained", "initial")
 

@@ -29,16 +29,6 @@ from ..linalg import (
 )
 from ._common import REGIONS, _check_backend, _check_bounds, _get, _np, _say
 
-__all__ = [
-    "SpectrumSummary",
-    "SpectrumComparison",
-    "spectrum_summary",
-    "counts_from_values",
-    "alignment_by_region",
-    "auto_num_steps",
-    "compare_spectra",
-]
-
 
 @dataclasses.dataclass(frozen=True)
 class SpectrumSummary:

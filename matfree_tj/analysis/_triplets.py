@@ -21,19 +21,6 @@ from ..core import LinearOperator, add_identity
 from ..linalg import DenseSVD, bottom_singular, dense_svd, project_off, top_singular
 from ._common import _check_backend, _check_k, _dense_matrix, _np
 
-__all__ = [
-    "Triplets",
-    "AlignmentSummary",
-    "ProbeAlignment",
-    "BulkAlignmentProbe",
-    "singular_triplets",
-    "moved_directions",
-    "alignment",
-    "alignment_summary",
-    "random_bulk_basis",
-    "bulk_alignment_probe",
-]
-
 
 @dataclasses.dataclass(frozen=True)
 class Triplets:
