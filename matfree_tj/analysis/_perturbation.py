@@ -159,7 +159,7 @@ def perturbation_response(
         Direction ``(P,)`` (normalised here), e.g. a right singular vector or a bulk direction.
     eps
         Scales (default ``logspace(-3, 3, 30)``: six orders of magnitude, as the paper); sorted
-        ascending (duplicates dropped), the order of ``rows``.
+        ascending (duplicates dropped), the order of the result's arrays.
     u, sigma
         A singular pair with ``J v = sigma u``. If omitted, ``sigma = |J v|`` and
         ``u = J v / sigma`` are computed with one product, so any ``v`` works.
