@@ -80,7 +80,7 @@ def test_spectrum_summary_matrix_free_agrees_with_oracle(linreg):
     np.testing.assert_allclose(summ.top_singular_values, lr.singular_values[:2], rtol=1e-8)
     assert summ.num_products > 0 and summ.singular_values is None
     # the study's claim rows judge a count by the same 95% range, read back from the JSON dict
-    from matfree_tj.app import study as st
+    from matfree_tj.app import _claims as st
 
     d = json.loads(json.dumps(summ.to_dict()))
     for r in an.REGIONS:
@@ -143,7 +143,10 @@ def test_auto_num_steps_resolves_the_bulk_interval():
 def test_compare_spectra_dense(linreg):
     _, J = linreg
     out = an.compare_spectra({"a": J, "b": J}, key=jax.random.key(0), backend="dense", num_top=2)
-    assert set(out) == {"a", "b"} and out["a"].counts == out["b"].counts
+    assert set(out.summaries) == {"a", "b"}
+    assert out.summaries["a"].counts == out.summaries["b"].counts
+    # dense: one materialisation (P products) per run
+    assert out.counts("bulk") == {"a": 53, "b": 53} and out.num_products == 2 * J.shape[0]
 
 
 # ------------------------------------------------------------------------------ triplets ---
@@ -195,7 +198,8 @@ def test_alignment_symmetric_jacobian_is_one(linreg):
     cos = an.alignment(tr)
     np.testing.assert_allclose(cos[:12], 1.0, atol=1e-8)  # the non-degenerate values
     summ = an.alignment_summary(tr.s, cos, windows=(10, 100), edge=2)
-    assert set(summ) == {"closest_10", "top_2", "bottom_2"} and summ["top_2"] == pytest.approx(1)
+    assert set(summ.to_dict()) == {"closest_10", "top_2", "bottom_2"}
+    assert summ.top == summ.to_dict()["top_2"] == pytest.approx(1)
 
 
 def test_alignment_mlp_bounded(mlp):
@@ -213,9 +217,10 @@ def test_random_bulk_basis_and_probe(linreg):
     np.testing.assert_allclose(Q.T @ Q, np.eye(6), atol=1e-12)
     np.testing.assert_allclose(moved.V.T @ Q, 0.0, atol=1e-12)
     probe = an.bulk_alignment_probe(J, moved, key=jax.random.key(1), num_probes=3)
-    np.testing.assert_allclose(probe["bulk"]["cos"], 1.0, atol=1e-10)
-    np.testing.assert_allclose(probe["bulk"]["gain"], 1.0, atol=1e-10)
-    assert probe["random"]["mean_cos"] < 1.0 - 1e-6 and probe["num_products"] == 6
+    np.testing.assert_allclose(probe.bulk.cos, 1.0, atol=1e-10)
+    np.testing.assert_allclose(probe.bulk.gain, 1.0, atol=1e-10)
+    assert probe.random.mean_cos < 1.0 - 1e-6 and probe.num_products == 6
+    assert json.loads(json.dumps(probe.to_dict()))["random"]["mean_cos"] == probe.random.mean_cos
     with pytest.raises(ValueError, match="k <= P - m"):
         an.random_bulk_basis(moved, J.shape[0], key=jax.random.key(0))
 
@@ -225,26 +230,30 @@ def test_perturbation_linear_training_is_exactly_linear(linreg):
     lr, J = linreg  # GD on least squares: theta_T is affine in theta_0, for every eps
     tr = an.singular_triplets(J, 1, which="top", backend="dense", dense=lr.dense())
     out = an.perturbation_response(J, tr.V[:, 0], eps=np.logspace(-3, 3, 7))
-    assert len(out["rows"]) == 7 and out["num_training_runs"] == 7
-    assert out["sigma"] == pytest.approx(tr.s[0], rel=1e-10)
-    for row in out["rows"]:
-        assert row["linearisation_error"] < 1e-8
-        assert row["projection"] == pytest.approx(row["expected"], rel=1e-8)
-    assert out["linear_up_to"] == pytest.approx(1e3)
+    assert len(out.eps) == 7 and out.num_training_runs == 7
+    assert out.sigma == pytest.approx(tr.s[0], rel=1e-10)
+    for err, proj, expected in zip(
+        out.linearisation_error, out.projection, out.expected, strict=True
+    ):
+        assert err < 1e-8
+        assert proj == pytest.approx(expected, rel=1e-8)
+    assert out.linear_up_to == pytest.approx(1e3)
+    assert len(json.loads(json.dumps(out.to_dict()))["rows"]) == 7  # the study's JSON rows
 
 
 def test_perturbation_mlp(mlp):
     m, J, _, svd = mlp
     v, u, s = svd.V[:, 0], svd.U[:, 0], float(svd.s[0])
     out = an.perturbation_response(J, v, u=u, sigma=s, eps=[1e-4, 1e-2, 1e2], test_loss=m.test_loss)
-    small = out["rows"][0]
-    assert small["linearisation_error"] < 1e-3
-    assert small["projection"] == pytest.approx(1e-4 * s, rel=1e-3)
-    assert small["remainder"] < 1e-3 * 1e-4 * s
-    assert np.isfinite([r["test_loss"] for r in out["rows"]]).all()
+    assert out.linearisation_error[0] < 1e-3
+    assert out.projection[0] == pytest.approx(1e-4 * s, rel=1e-3)
+    assert out.remainder[0] < 1e-3 * 1e-4 * s
+    assert np.isfinite(out.test_loss).all()
+    assert [r["test_loss"] for r in out.to_dict()["rows"]] == list(out.test_loss)
     again = an.perturbation_response(J, -2 * v, eps=[1e-4])  # u, sigma computed from J v
-    assert again["sigma"] == pytest.approx(s, rel=1e-10)
-    assert again["rows"][0]["projection"] == pytest.approx(1e-4 * s, rel=1e-3)
+    assert again.sigma == pytest.approx(s, rel=1e-10)
+    assert again.projection[0] == pytest.approx(1e-4 * s, rel=1e-3)
+    assert again.test_loss is None and "test_loss" not in again.to_dict()["rows"][0]
     with pytest.raises(ValueError, match="positive"):
         an.perturbation_response(J, v, eps=[-1.0])
 
@@ -257,12 +266,13 @@ def test_output_sensitivity(mlp):
     assert inputs["noise"].shape == m.X_test.shape
     D = svd.V[:, [0, 100, -1]]
     kl = an.output_sensitivity(m.apply, J, D, inputs)
-    assert set(kl) == {"train", "noise", "inverted"}
-    assert all(v.shape == (3,) and np.all(v >= -1e-12) for v in kl.values())
+    assert set(kl.max_kl) == {"train", "noise", "inverted"} and kl.divergence == "softmax"
+    assert all(v.shape == (3,) and np.all(v >= -1e-12) for v in kl.max_kl.values())
     zero = an.output_sensitivity(m.apply, J, D, inputs, scale=0.0)
-    assert all(np.all(np.abs(v) < 1e-14) for v in zero.values())
+    assert all(np.all(np.abs(v) < 1e-14) for v in zero.max_kl.values())
     flat = an.output_sensitivity(m.apply, J.params_T_flat, 2 * D, inputs, unravel=J.unravel)
-    np.testing.assert_allclose(flat["train"], kl["train"], rtol=1e-10)  # directions normalised
+    # directions normalised
+    np.testing.assert_allclose(flat.max_kl["train"], kl.max_kl["train"], rtol=1e-10)
 
 
 def test_output_sensitivity_regression_outputs():
@@ -272,13 +282,14 @@ def test_output_sensitivity_regression_outputs():
     theta = jnp.asarray(np.arange(4.0))
     D = np.eye(4)[:, :2]
     kl = an.output_sensitivity(apply, theta, D, {"x": X}, scale=3.0, unravel=lambda t: t)
+    assert kl.divergence == "gaussian" and kl.scale == 3.0
     np.testing.assert_allclose(
-        kl["x"], [np.max((3 * X[:, 0]) ** 2) / 2, np.max((3 * X[:, 1]) ** 2) / 2], rtol=1e-6
+        kl.max_kl["x"], [np.max((3 * X[:, 0]) ** 2) / 2, np.max((3 * X[:, 1]) ** 2) / 2], rtol=1e-6
     )
     col = an.output_sensitivity(
         lambda w, X: (X @ w)[:, None], theta, D, {"x": X}, scale=3.0, unravel=lambda t: t
     )
-    np.testing.assert_allclose(col["x"], kl["x"], rtol=1e-6)
+    np.testing.assert_allclose(col.max_kl["x"], kl.max_kl["x"], rtol=1e-6)
     with pytest.raises(ValueError, match="divergence"):
         an.output_sensitivity(
             lambda w, X: jnp.ones((2, 3, 4)), theta, D, {"x": X}, unravel=lambda t: t
@@ -292,11 +303,13 @@ def test_restricted_training_full_rotation_is_unconstrained(mlp):
     Q, _ = np.linalg.qr(np.asarray(jax.random.normal(jax.random.key(0), (P, P))))
     out = an.restricted_training(J, {"rot": Q, "few": Q[:, :5]}, [5, P], eval_fn=m.test_loss)
     # SGD with momentum is rotation-equivariant: training c in theta_0 + Q c is plain training
-    assert out["rot"][1] == pytest.approx(out["unconstrained"], rel=1e-9)
-    assert np.isnan(out["few"][1]) and np.isfinite(out["few"][0])
+    assert out.evals["rot"][1] == pytest.approx(out.unconstrained, rel=1e-9)
+    assert np.isnan(out.evals["few"][1]) and np.isfinite(out.evals["few"][0])
     # k=5 runs zero-padded to width 8 in "rot" and unpadded in "few": the same training
-    assert out["rot"][0] == pytest.approx(out["few"][0], rel=1e-12)
-    assert out["ks"] == [5, P] and np.isfinite(out["initial"])
+    assert out.evals["rot"][0] == pytest.approx(out.evals["few"][0], rel=1e-12)
+    assert list(out.ks) == [5, P] and np.isfinite(out.initial)
+    assert out.progress_at(P)["rot"] == pytest.approx(1.0, rel=1e-6)  # all of the decrease
+    assert out.to_dict()["rot"] == list(out.evals["rot"])
 
 
 # ----------------------------------------------------------------------------- overlaps ---
@@ -339,16 +352,20 @@ def test_bulk_nullspace_and_seed_overlap(mlp):
     moved = an.moved_directions(J, 12, backend="dense", dense=Jd)
     _, R = an.function_rowspace(an.function_jacobian(m.apply, J, m.X_test[:4]))
     out = an.bulk_nullspace_overlap(moved, R, [4, 12, 999])
-    assert out["ks"] == [4, 12]  # sizes beyond the basis are skipped
-    for f, b in zip(out["fraction"], out["baseline"], strict=True):
+    assert out.ks == (4, 12)  # sizes beyond the basis are skipped
+    assert out.rowspace_dim == R.shape[1] and out.to_dict()["ks"] == [4, 12]
+    for f, b in zip(out.fraction, out.baseline, strict=True):
         assert 0 <= f <= 1 + 1e-12 and 0 < b <= 1
     inside = an.bulk_nullspace_overlap(R[:, :5], R, [5])  # moved directions in the row space
-    assert inside["moved_in_rowspace"][0] == pytest.approx(1.0)
-    assert inside["fraction"][0] == pytest.approx(1.0)  # null(F) lies in the bulk
+    assert inside.moved_in_rowspace[0] == pytest.approx(1.0)
+    assert inside.fraction[0] == pytest.approx(1.0)  # null(F) lies in the bulk
     seeds = an.seed_overlap([moved, moved.V, R[:, :12]])
-    assert seeds["pairs"] == [[0, 1], [0, 2], [1, 2]]
-    assert seeds["fraction"][0] == pytest.approx(1.0)
-    assert seeds["basis_fraction"][0] == pytest.approx(1.0)
-    assert seeds["basis_baseline"][0] == pytest.approx(12 / J.shape[0])
+    assert seeds.pairs == ((0, 1), (0, 2), (1, 2))
+    assert seeds.to_dict()["pairs"] == [[0, 1], [0, 2], [1, 2]]  # the study's JSON
+    assert seeds.fraction[0] == pytest.approx(1.0)
+    assert seeds.basis_fraction[0] == pytest.approx(1.0)
+    assert seeds.basis_baseline[0] == pytest.approx(12 / J.shape[0])
+    assert seeds.mean("fraction") == pytest.approx(np.mean(seeds.fraction))
+    assert seeds.to_dict()["mean_basis_baseline"] == seeds.mean("basis_baseline")
     with pytest.raises(ValueError, match="at least two"):
         an.seed_overlap([moved])

@@ -83,8 +83,8 @@ def test_token_inputs_are_not_cast_to_floats():
     D = np.asarray(jax.random.normal(jax.random.key(2), (theta.size, 3)))
     kl = an.output_sensitivity(apply, theta, D, {"tok": tokens}, unravel=unravel)
     ref = an.output_sensitivity(apply_onehot, theta, D, {"tok": onehot}, unravel=unravel)
-    np.testing.assert_allclose(kl["tok"], ref["tok"], rtol=1e-10)
-    assert np.all(kl["tok"] > 0)
+    np.testing.assert_allclose(kl.max_kl["tok"], ref.max_kl["tok"], rtol=1e-10)
+    assert np.all(kl.max_kl["tok"] > 0)
     F = an.function_jacobian(apply, theta, tokens, unravel=unravel)
     F_ref = an.function_jacobian(apply_onehot, theta, onehot, unravel=unravel)
     np.testing.assert_allclose(F, F_ref, rtol=1e-10, atol=1e-12)
@@ -98,8 +98,8 @@ def test_output_sensitivity_direction_shapes():
     D = np.asarray(jax.random.normal(jax.random.key(3), (theta.size, 2)))
     both = an.output_sensitivity(apply, theta, D, {"tok": tokens}, unravel=unravel)
     one = an.output_sensitivity(apply, theta, D[:, 1], {"tok": tokens}, unravel=unravel)
-    assert one["tok"].shape == (1,)
-    np.testing.assert_allclose(one["tok"][0], both["tok"][1], rtol=1e-12)
+    assert one.max_kl["tok"].shape == (1,)
+    np.testing.assert_allclose(one.max_kl["tok"][0], both.max_kl["tok"][1], rtol=1e-12)
     with pytest.raises(ValueError, match=r"must be \(33, m\)"):
         an.output_sensitivity(apply, theta, D[:-1], {"tok": tokens}, unravel=unravel)
     with pytest.raises(ValueError, match="finite and nonzero"):
@@ -122,7 +122,7 @@ def test_restricted_training_identity_basis_is_unconstrained_with_weight_decay(n
     mse = lambda p: jnp.sum(jnp.square(jax.flatten_util.ravel_pytree(p)[0]))  # noqa: E731
     out = an.restricted_training(J, {"id": np.eye(P)}, [P], eval_fn=mse)
     # the optimizer sees theta's coordinates, so decay pulls toward 0 as it does unconstrained
-    assert out["id"][0] == pytest.approx(out["unconstrained"], rel=1e-10), name
+    assert out.evals["id"][0] == pytest.approx(out.unconstrained, rel=1e-10), name
 
 
 def test_restricted_training_keeps_the_optimizers_per_leaf_behaviour():
@@ -137,9 +137,9 @@ def test_restricted_training_keeps_the_optimizers_per_leaf_behaviour():
         P = J.shape[0]
         Q, _ = np.linalg.qr(np.asarray(jax.random.normal(jax.random.key(7), (P, P))))
         out = an.restricted_training(J, {"rot": Q, "five": Q[:, :5]}, [5, P], eval_fn=norm)
-        assert out["rot"][1] == pytest.approx(out["unconstrained"], rel=1e-9)
-        assert out["rot"][0] == pytest.approx(out["five"][0], rel=1e-12)
-        assert np.isnan(out["five"][1])
+        assert out.evals["rot"][1] == pytest.approx(out.unconstrained, rel=1e-9)
+        assert out.evals["rot"][0] == pytest.approx(out.evals["five"][0], rel=1e-12)
+        assert np.isnan(out.evals["five"][1])
 
 
 def test_restricted_training_is_projected_sgd_with_weight_decay():
@@ -163,8 +163,8 @@ def test_restricted_training_is_projected_sgd_with_weight_decay():
         for _ in range(T):
             th = th - lr_ * B @ (B.T @ (np.asarray(grad(jnp.asarray(th))) + wd * th))
         evals[k] = float(eval_fn(J.unravel(jnp.asarray(th))))
-    np.testing.assert_allclose(out["rot"], [evals[5], evals[P]], rtol=1e-10)
-    assert out["rot"][1] == pytest.approx(out["unconstrained"], rel=1e-10)
+    np.testing.assert_allclose(out.evals["rot"], [evals[5], evals[P]], rtol=1e-10)
+    assert out.evals["rot"][1] == pytest.approx(out.unconstrained, rel=1e-10)
     with pytest.raises(ValueError, match=r"must be \(18, k_max\)"):
         an.restricted_training(J, {"bad": Q[:-1]}, [5], eval_fn=eval_fn)
     with pytest.raises(ValueError, match="not orthonormal"):
@@ -182,9 +182,10 @@ def test_perturbation_response_ignores_the_order_of_eps():
     eps = np.array([1e-4, 1e-2, 1.0, 1e2, 1e4])
     up = an.perturbation_response(J, v, eps=eps)
     down = an.perturbation_response(J, v, eps=eps[::-1])
-    assert [r["eps"] for r in down["rows"]] == list(eps)
-    assert up["linear_up_to"] == down["linear_up_to"]
-    assert 1e-4 <= up["linear_up_to"] < 1e4  # tanh saturates well before eps = 1e4
+    assert list(down.eps) == list(eps)
+    assert [r["eps"] for r in down.to_dict()["rows"]] == list(eps)
+    assert up.linear_up_to == down.linear_up_to
+    assert 1e-4 <= up.linear_up_to < 1e4  # tanh saturates well before eps = 1e4
     with pytest.raises(ValueError, match="finite nonzero direction"):
         an.perturbation_response(J, 0 * v, eps=eps)
     with pytest.raises(ValueError, match=r"v must have shape \(18,\)"):

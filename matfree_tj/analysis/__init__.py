@@ -57,6 +57,10 @@ Moved directions and the bulk subspace
     same subspace from a dense SVD of ``J - I``, so the two backends are directly comparable.
 Randomness
     Every stochastic function takes an explicit ``key``; there is no default key.
+Results
+    Each experiment returns a small frozen dataclass with named fields (:class:`SpectrumSummary`,
+    :class:`PerturbationResponse`, :class:`RestrictedTraining`, ...) and a ``to_dict()`` for
+    JSON; inputs that are data (the input sets of :func:`ood_inputs`) are plain dicts.
 
 References
 ----------
@@ -66,109 +70,76 @@ quadrature", SIMAX (2017). Halko, Martinsson & Tropp, "Finding structure with ra
 Review (2011).
 """
 
-from ._core import (
-    BACKENDS as BACKENDS,
-)
-from ._core import (
-    REGIONS as REGIONS,
-)
-from ._core import (
-    Overlap as Overlap,
-)
-from ._core import (
-    SpectrumSummary as SpectrumSummary,
-)
-from ._core import (
-    Triplets as Triplets,
-)
-from ._core import (
-    alignment as alignment,
-)
-from ._core import (
-    alignment_by_region as alignment_by_region,
-)
-from ._core import (
-    alignment_summary as alignment_summary,
-)
-from ._core import (
-    auto_num_steps as auto_num_steps,
-)
-from ._core import (
-    bulk_alignment_probe as bulk_alignment_probe,
-)
-from ._core import (
-    bulk_nullspace_overlap as bulk_nullspace_overlap,
-)
-from ._core import (
-    compare_spectra as compare_spectra,
-)
-from ._core import (
-    counts_from_values as counts_from_values,
-)
-from ._core import (
-    function_jacobian as function_jacobian,
-)
-from ._core import (
-    function_rowspace as function_rowspace,
-)
-from ._core import (
-    model_inputs as model_inputs,
-)
-from ._core import (
-    moved_directions as moved_directions,
-)
-from ._core import (
-    ood_inputs as ood_inputs,
-)
-from ._core import (
-    output_sensitivity as output_sensitivity,
-)
-from ._core import (
-    perturbation_response as perturbation_response,
-)
-from ._core import (
-    random_bulk_basis as random_bulk_basis,
-)
-from ._core import (
-    restricted_training as restricted_training,
-)
-from ._core import (
-    seed_overlap as seed_overlap,
-)
-from ._core import (
-    singular_triplets as singular_triplets,
-)
-from ._core import (
-    spectrum_summary as spectrum_summary,
-)
-from ._core import (
-    subspace_overlap as subspace_overlap,
-)
+from ._common import BACKENDS as BACKENDS
+from ._common import REGIONS as REGIONS
+from ._common import model_inputs as model_inputs
+from ._overlap import NullspaceOverlap as NullspaceOverlap
+from ._overlap import Overlap as Overlap
+from ._overlap import SeedOverlap as SeedOverlap
+from ._overlap import bulk_nullspace_overlap as bulk_nullspace_overlap
+from ._overlap import function_jacobian as function_jacobian
+from ._overlap import function_rowspace as function_rowspace
+from ._overlap import seed_overlap as seed_overlap
+from ._overlap import subspace_overlap as subspace_overlap
+from ._perturbation import OutputSensitivity as OutputSensitivity
+from ._perturbation import PerturbationResponse as PerturbationResponse
+from ._perturbation import ood_inputs as ood_inputs
+from ._perturbation import output_sensitivity as output_sensitivity
+from ._perturbation import perturbation_response as perturbation_response
+from ._restricted import RestrictedTraining as RestrictedTraining
+from ._restricted import restricted_training as restricted_training
+from ._spectrum import SpectrumComparison as SpectrumComparison
+from ._spectrum import SpectrumSummary as SpectrumSummary
+from ._spectrum import alignment_by_region as alignment_by_region
+from ._spectrum import auto_num_steps as auto_num_steps
+from ._spectrum import compare_spectra as compare_spectra
+from ._spectrum import counts_from_values as counts_from_values
+from ._spectrum import spectrum_summary as spectrum_summary
+from ._triplets import AlignmentSummary as AlignmentSummary
+from ._triplets import BulkAlignmentProbe as BulkAlignmentProbe
+from ._triplets import ProbeAlignment as ProbeAlignment
+from ._triplets import Triplets as Triplets
+from ._triplets import alignment as alignment
+from ._triplets import alignment_summary as alignment_summary
+from ._triplets import bulk_alignment_probe as bulk_alignment_probe
+from ._triplets import moved_directions as moved_directions
+from ._triplets import random_bulk_basis as random_bulk_basis
+from ._triplets import singular_triplets as singular_triplets
 
 __all__ = [
     "BACKENDS",
     "REGIONS",
+    "model_inputs",
     "SpectrumSummary",
-    "Triplets",
-    "Overlap",
+    "SpectrumComparison",
     "spectrum_summary",
     "counts_from_values",
+    "alignment_by_region",
     "auto_num_steps",
+    "compare_spectra",
+    "Triplets",
+    "AlignmentSummary",
+    "ProbeAlignment",
+    "BulkAlignmentProbe",
     "singular_triplets",
     "moved_directions",
     "alignment",
-    "alignment_by_region",
     "alignment_summary",
-    "bulk_alignment_probe",
     "random_bulk_basis",
+    "bulk_alignment_probe",
+    "PerturbationResponse",
+    "OutputSensitivity",
     "perturbation_response",
     "ood_inputs",
     "output_sensitivity",
+    "RestrictedTraining",
     "restricted_training",
-    "compare_spectra",
+    "Overlap",
+    "NullspaceOverlap",
+    "SeedOverlap",
+    "subspace_overlap",
     "function_jacobian",
     "function_rowspace",
-    "subspace_overlap",
     "bulk_nullspace_overlap",
     "seed_overlap",
 ]

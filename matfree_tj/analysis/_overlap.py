@@ -15,27 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..linalg import principal_cosines
-
-__all__ = [
-    "Overlap",
-    "subspace_overlap",
-    "function_jacobian",
-    "function_rowspace",
-    "bulk_nullspace_overlap",
-    "seed_overlap",
-]
-
-
-def _np(x: Any) -> np.ndarray:
-    return np.asarray(jax.device_get(x), dtype=np.float64)
-
-
-def model_inputs(X: Any, dtype: Any) -> jax.Array:
-    """``X`` as a JAX array for a model: floating inputs in the parameters' ``dtype``; integer or
-    boolean inputs (token ids for an embedding, masks) unchanged, since casting them to floats
-    would break indexing."""
-    X = jnp.asarray(X)
-    return X.astype(dtype) if jnp.issubdtype(X.dtype, jnp.floating) else X
+from ._common import _np, model_inputs
 
 
 def _basis(x: Any) -> np.ndarray:
@@ -157,74 +137,164 @@ def function_rowspace(F: Any, *, rtol: float = 1e-6) -> tuple[np.ndarray, np.nda
     return s, Vt[:r].T.copy()
 
 
-def bulk_nullspace_overlap(moved: Any, rowspace: Any, ks: Sequence[int]) -> dict:
+@dataclasses.dataclass(frozen=True)
+class NullspaceOverlap:
+    r"""Result of :func:`bulk_nullspace_overlap`: one entry per size ``k`` of the moved set.
+
+    Attributes
+    ----------
+    ks
+        The sizes used (those within the moved basis's width), in the order given.
+    fraction, baseline
+        Overlap of the bulk (``span(V[:, :k])^\perp``) with the near-nullspace of ``F``
+        (``span(R)^\perp``), and its expectation for random subspaces
+        (:attr:`Overlap.fraction`, :attr:`Overlap.baseline`).
+    bulk_dim, null_dim
+        Dimensions of the two subspaces compared.
+    moved_in_rowspace, moved_in_rowspace_baseline
+        Mean squared principal cosine of the ``k`` moved directions with the row space of
+        ``F`` (1: all of them change the function), and its random baseline ``r / P``.
+    rowspace_dim
+        ``r``, the dimension of the row space of ``F`` given.
+    """
+
+    ks: tuple[int, ...]
+    fraction: tuple[float, ...]
+    baseline: tuple[float, ...]
+    bulk_dim: tuple[int, ...]
+    null_dim: tuple[int, ...]
+    moved_in_rowspace: tuple[float, ...]
+    moved_in_rowspace_baseline: tuple[float, ...]
+    rowspace_dim: int
+
+    def to_dict(self) -> dict:
+        """Every field (tuples as lists), JSON-ready."""
+        return {f.name: _listed(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+_SEED_MEANS = ("fraction", "baseline", "basis_fraction", "basis_baseline")
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedOverlap:
+    r"""Result of :func:`seed_overlap`: one entry per pair of runs ``i < j``.
+
+    Attributes
+    ----------
+    pairs
+        ``(i, j)`` indices of the runs compared, in lexicographic order.
+    fraction, baseline
+        :attr:`Overlap.fraction` of the two bulks and its random baseline.
+    basis_fraction, basis_baseline
+        :attr:`Overlap.basis_fraction` of the bases given (the moved subspaces) and its
+        random baseline; the more sensitive statistic when the bases are small.
+    """
+
+    pairs: tuple[tuple[int, int], ...]
+    fraction: tuple[float, ...]
+    baseline: tuple[float, ...]
+    basis_fraction: tuple[float, ...]
+    basis_baseline: tuple[float, ...]
+
+    def mean(self, name: str) -> float:
+        """The mean over pairs of one field: ``"fraction"``, ``"baseline"``,
+        ``"basis_fraction"`` or ``"basis_baseline"``."""
+        if name not in _SEED_MEANS:
+            raise KeyError(f"name must be one of {_SEED_MEANS}, got {name!r}.")
+        return float(np.mean(getattr(self, name)))
+
+    def to_dict(self) -> dict:
+        """Every field (tuples as lists) and the four means, JSON-ready."""
+        out = {f.name: _listed(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        out.update({f"mean_{name}": self.mean(name) for name in _SEED_MEANS})
+        return out
+
+
+def _listed(x: Any) -> Any:
+    """Tuples (of tuples) as lists, for JSON records that read as before the typed results."""
+    return [_listed(y) for y in x] if isinstance(x, tuple) else x
+
+
+def _tabulate(cls: type, items: Sequence[tuple], measure: Callable[..., dict], **fixed: Any):
+    """``cls`` with one tuple per field, an entry per item, from ``measure(*item) -> {field:
+    value}``; the fields in ``fixed`` are given, not measured."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in fixed]
+    rows = [measure(*item) for item in items]
+    return cls(**{n: tuple(r[n] for r in rows) for n in names}, **fixed)
+
+
+def bulk_nullspace_overlap(moved: Any, rowspace: Any, ks: Sequence[int]) -> NullspaceOverlap:
     r"""Overlap of the bulk with the near-nullspace of ``F`` against the size of the moved set.
 
     For each ``k``: bulk ``= span(V[:, :k])^\perp`` (``V`` the moved directions, a
     :class:`Triplets` of ``J - I`` or a basis) and near-nullspace ``= span(R)^\perp``
     (:func:`function_rowspace`), compared with :func:`subspace_overlap` (``complement=True``).
-    Returns ``{"ks", "fraction", "baseline", "bulk_dim", "null_dim", "moved_in_rowspace",
-    "moved_in_rowspace_baseline"}``: ``fraction`` near 1 (above ``baseline``) means the
+    Returns a :class:`NullspaceOverlap` (sizes beyond the basis's width are skipped):
+    ``fraction`` near 1 (above ``baseline``) means the
     near-nullspace lies in the bulk; equivalently the moved directions lie in the row space of
     ``F`` (``moved_in_rowspace``, mean squared principal cosine, random baseline ``r / P``).
     No operator products.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from matfree_tj.analysis import bulk_nullspace_overlap
+    >>> E = np.eye(6)  # moved directions e_0, e_1, e_2; row space of F: e_0, e_1
+    >>> ov = bulk_nullspace_overlap(E[:, :3], E[:, :2], [1, 3])
+    >>> ov.ks, [round(x, 3) for x in ov.moved_in_rowspace], ov.rowspace_dim
+    ((1, 3), [1.0, 0.667], 2)
     """
     V = _basis(moved)
-    out: dict = {
-        k: []
-        for k in (
-            "ks",
-            "fraction",
-            "baseline",
-            "bulk_dim",
-            "null_dim",
-            "moved_in_rowspace",
-            "moved_in_rowspace_baseline",
+    R = _np(rowspace)
+    P = V.shape[0]
+
+    def measure(k: int) -> dict:
+        ov = subspace_overlap(V[:, :k], R, complement=True)
+        return dict(
+            ks=k,
+            fraction=ov.fraction,
+            baseline=ov.baseline,
+            bulk_dim=ov.dim1,
+            null_dim=ov.dim2,
+            # mean squared cosine of the moved directions with the row space (1: all functional)
+            moved_in_rowspace=float(np.sum(ov.cosines**2) / k),
+            moved_in_rowspace_baseline=(P - ov.dim2) / P,
         )
-    }
-    for k in ks:
-        if not 1 <= int(k) <= V.shape[1]:
-            continue
-        ov = subspace_overlap(V[:, : int(k)], rowspace, complement=True)
-        out["ks"].append(int(k))
-        out["fraction"].append(ov.fraction)
-        out["baseline"].append(ov.baseline)
-        out["bulk_dim"].append(ov.dim1)
-        out["null_dim"].append(ov.dim2)
-        # mean squared cosine of the moved directions with the row space (1: all functional)
-        out["moved_in_rowspace"].append(float(np.sum(ov.cosines**2) / int(k)))
-        out["moved_in_rowspace_baseline"].append((V.shape[0] - ov.dim2) / V.shape[0])
-    return out
+
+    sizes = [(int(k),) for k in ks if 1 <= int(k) <= V.shape[1]]
+    return _tabulate(NullspaceOverlap, sizes, measure, rowspace_dim=int(R.shape[1]))
 
 
-def seed_overlap(bases: Sequence[Any], *, complement: bool = True) -> dict:
+def seed_overlap(bases: Sequence[Any], *, complement: bool = True) -> SeedOverlap:
     r"""Pairwise overlap of the bulks of several runs (e.g. seeds) against the random baseline.
 
     ``bases``: per run, the moved directions (:class:`Triplets` or ``(P, k)`` basis) when
     ``complement=True`` (the bulk is their complement), or explicit bulk bases otherwise.
-    Returns ``{"pairs": [[i, j], ...], "fraction": [...], "baseline": [...], "mean_fraction"}``.
-    No operator products.
+    Returns a :class:`SeedOverlap` (one entry per pair, and the means). No operator products;
+    ``O(P k^2)`` flops per pair.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from matfree_tj.analysis import seed_overlap
+    >>> E = np.eye(6)
+    >>> ov = seed_overlap([E[:, :2], E[:, :2], E[:, 2:4]])
+    >>> ov.pairs, [round(f, 3) for f in ov.basis_fraction]
+    (((0, 1), (0, 2), (1, 2)), [1.0, 0.0, 0.0])
     """
     Bs = [_basis(b) for b in bases]
     if len(Bs) < 2:
         raise ValueError("seed_overlap needs at least two runs.")
-    out: dict = {
-        "pairs": [],
-        "fraction": [],
-        "baseline": [],
-        "basis_fraction": [],
-        "basis_baseline": [],
-    }
-    for i in range(len(Bs)):
-        for j in range(i + 1, len(Bs)):
-            ov = subspace_overlap(Bs[i], Bs[j], complement=complement)
-            out["pairs"].append([i, j])
-            out["fraction"].append(ov.fraction)
-            out["baseline"].append(ov.baseline)
-            out["basis_fraction"].append(ov.basis_fraction)
-            out["basis_baseline"].append(ov.basis_baseline)
-    out["mean_fraction"] = float(np.mean(out["fraction"]))
-    out["mean_baseline"] = float(np.mean(out["baseline"]))
-    out["mean_basis_fraction"] = float(np.mean(out["basis_fraction"]))
-    out["mean_basis_baseline"] = float(np.mean(out["basis_baseline"]))
-    return out
+
+    def measure(i: int, j: int) -> dict:
+        ov = subspace_overlap(Bs[i], Bs[j], complement=complement)
+        return dict(
+            pairs=(i, j),
+            fraction=ov.fraction,
+            baseline=ov.baseline,
+            basis_fraction=ov.basis_fraction,
+            basis_baseline=ov.basis_baseline,
+        )
+
+    pairs = [(i, j) for i in range(len(Bs)) for j in range(i + 1, len(Bs))]
+    return _tabulate(SeedOverlap, pairs, measure)

@@ -236,15 +236,12 @@ def _check_outputs(args, parser) -> None:
             parser.error(f"{option}: the folder {folder!r} is not writable")
 
 
-def _spectrum(args, parser) -> int:
-    import jax
+def _study_config(args, **extra):
+    """The :class:`~matfree_tj.app.study.StudyConfig` of the options both commands share
+    (model, backend, quadrature), with the command's own settings in ``extra``."""
+    from .study import StudyConfig
 
-    from .. import analysis as an
-    from ..core import training_jacobian
-    from .study import StudyConfig, build_model, environment
-
-    log = _log(args)
-    cfg = StudyConfig(
+    return StudyConfig(
         hidden=args.hidden,
         optimizer=args.optimizer,
         seed=args.seed,
@@ -253,7 +250,19 @@ def _spectrum(args, parser) -> int:
         dtype=args.dtype,
         num_probes=args.num_probes,
         num_steps=args.num_steps,
-    ).resolved()
+        **extra,
+    )
+
+
+def _spectrum(args, parser) -> int:
+    import jax
+
+    from .. import analysis as an
+    from ..core import training_jacobian
+    from .study import build_model, environment
+
+    log = _log(args)
+    cfg = _study_config(args).resolved()
     t0 = time.perf_counter()
     model = build_model(cfg)
     P = model.num_params
@@ -404,21 +413,14 @@ def _plot_spectrum(summ, out: str) -> str | None:
 def _study(args, parser) -> int:
     import jax
 
-    from .study import StudyConfig, run_study, write_report
+    from .study import run_study, write_report
 
-    cfg = StudyConfig(
-        hidden=args.hidden,
-        optimizer=args.optimizer,
-        seed=args.seed,
-        backend=args.backend,
-        quick=args.quick,
-        dtype=args.dtype,
+    cfg = _study_config(
+        args,
         lo=args.lo,
         hi=args.hi,
         num_vectors=args.num_vectors,
         num_moved=args.num_moved,
-        num_probes=args.num_probes,
-        num_steps=args.num_steps,
         num_eps=args.num_eps,
         num_seeds=args.num_seeds,
         max_products=args.max_products,
