@@ -1,21 +1,45 @@
 """Linear-algebra layer: spectral solvers on any operator and their typed results.
 
 Imports only from :mod:`matfree_tj.core`; knows nothing about training. The layers above import
-solver names from this package, not from its private modules."""
+solver names from this package, not from its private modules.
 
-from ._dense import DenseSVD as DenseSVD
+Inside, one module per concept, imports only downward::
+
+    _checks      input validation, run_guarded
+    _gkl         the Golub-Kahan-Lanczos kernel (CGS2, breakdown, half-steps, cycles)
+    _quadrature  SpectralDensity and the quadrature statistics
+    _results     Status, SingularTriplets, RegionCounts              (imports _quadrature)
+    _restart     Ritz extraction, thick restarts                     (imports _gkl)
+    _certify     true residuals, honest flags, missed-value search   (imports _checks, _restart,
+                                                                      _results)
+    _dense       dense_svd                                           (imports _results)
+    _randomized  randomized_svd                                      (imports _checks, _gkl,
+                                                                      _certify, _results)
+    _lanczos     top_singular, bottom_singular (restarted driver)    (imports all of the above)
+    _slq         singular_value_density, region_counts               (imports _checks, _gkl,
+                                                                      _dense, _quadrature,
+                                                                      _results)
+    _subspace    principal cosines, projections                      (imports nothing here)
+"""
+
 from ._dense import dense_svd as dense_svd
 from ._lanczos import bottom_singular as bottom_singular
 from ._lanczos import top_singular as top_singular
+from ._quadrature import ResolutionWarning as ResolutionWarning
+from ._quadrature import SpectralDensity as SpectralDensity
+from ._quadrature import count_interval as count_interval
+from ._quadrature import probe_quantile as probe_quantile
 from ._randomized import randomized_svd as randomized_svd
 from ._results import RegionCounts as RegionCounts
-from ._results import ResolutionWarning as ResolutionWarning
 from ._results import SingularTriplets as SingularTriplets
-from ._results import SpectralDensity as SpectralDensity
-from ._results import count_interval as count_interval
-from ._results import probe_quantile as probe_quantile
+from ._results import Status as Status
 from ._slq import region_counts as region_counts
 from ._slq import singular_value_density as singular_value_density
 from ._subspace import principal_cosines as principal_cosines
 from ._subspace import project_off as project_off
 from ._subspace import project_onto as project_onto
+
+# Transitional, not public: the analysis layer still imports ``DenseSVD`` (``isinstance`` checks
+# on dense_svd's result) while its own rewrite lands; dense_svd now returns SingularTriplets.
+# Remove this line once matfree_tj/analysis no longer names DenseSVD.
+DenseSVD = SingularTriplets
