@@ -274,27 +274,33 @@ def test_nan_product_raises(x64, check_finite):
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
-def _kernel_cache_sizes():
+def _kernel_cache_sizes(block_size):
     """Compiled variants held by each of the restarted solver's own kernels (JAX's per-function
     jit caches): a recompilation of any of them shows as a larger count."""
     from matfree_tj.linalg import _certify, _gkl, _restart
 
     kernels = {
-        "left_step": _gkl._left_step_jit[True],
-        "right_step": _gkl._right_step_jit[True],
+        "left_half": _gkl._left_half_jit[True],
+        "right_half": _gkl._right_half_jit[True],
         "thick_restart": _restart.thick_restart._cached,  # eqx.filter_jit's inner jax.jit
         "column": _certify._column,
         "residual_norm": _certify._residual_norm,
     }
+    if block_size > 1:
+        kernels["rows_as_columns"] = _gkl._rows_as_columns
     return {name: f._cache_size() for name, f in kernels.items()}
 
 
-def test_no_recompilation_on_second_call(x64):
+@pytest.mark.parametrize("block_size", [1, 4])
+def test_no_recompilation_on_second_call(x64, block_size):
+    # block_size 4: the block path reuses the operator's compiled block products and the same
+    # half-step kernels, so it too compiles nothing for a new operator of the same shape
     s_true = np.linspace(3.0, 0.5, 200)
     op = DenseOperator(matrix_with_spectrum(s_true, seed=7))
-    first = mtj.top_singular(op, 3, key=jax.random.key(0), num_basis=12)
+    opts = dict(num_basis=12, block_size=block_size)
+    first = mtj.top_singular(op, 3, key=jax.random.key(0), **opts)
     assert first.num_restarts >= 1  # the restart kernel is exercised too
-    before = _kernel_cache_sizes()
+    before = _kernel_cache_sizes(block_size)
     assert all(n >= 1 for n in before.values()), before
     op2 = DenseOperator(matrix_with_spectrum(s_true, seed=8))  # same shape: same kernels
     compiles = []
@@ -305,10 +311,10 @@ def test_no_recompilation_on_second_call(x64):
 
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
-        mtj.top_singular(op2, 3, key=jax.random.key(1), num_basis=12)
+        mtj.top_singular(op2, 3, key=jax.random.key(1), **opts)
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
-    assert _kernel_cache_sizes() == before
+    assert _kernel_cache_sizes(block_size) == before
     assert not compiles, compiles  # nothing else (products, eager ops) compiled either
 
 

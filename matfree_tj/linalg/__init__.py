@@ -3,23 +3,28 @@
 Imports only from :mod:`matfree_tj.core`; knows nothing about training. The layers above import
 solver names from this package, not from its private modules.
 
-Inside, one module per concept, imports only downward::
+Inside, one module per concept; imports only go downward (no cycles), each module's
+imports from this package in brackets::
 
-    _checks      input validation, run_guarded
-    _gkl         the Golub-Kahan-Lanczos kernel (CGS2, breakdown, half-steps, cycles)
-    _quadrature  SpectralDensity and the quadrature statistics
-    _results     Status, SingularTriplets, RegionCounts              (imports _quadrature)
-    _restart     Ritz extraction, thick restarts                     (imports _gkl)
-    _certify     true residuals, honest flags, missed-value search   (imports _checks, _restart,
-                                                                      _results)
-    _dense       dense_svd                                           (imports _results)
-    _randomized  randomized_svd                                      (imports _checks, _gkl,
-                                                                      _certify, _results)
-    _lanczos     top_singular, bottom_singular (restarted driver)    (imports all of the above)
-    _slq         singular_value_density, region_counts               (imports _checks, _gkl,
-                                                                      _dense, _quadrature,
-                                                                      _results)
-    _subspace    principal cosines, projections                      (imports nothing here)
+    _checks      input validation, run_guarded                              ()
+    _gkl         the Golub-Kahan-Lanczos half-steps (CGS2, breakdown) and
+                 their traced (SLQ) and eager (restarted, any block) cycles  ()
+    _restart     Ritz extraction, thick restarts                            (_gkl)
+    _quadrature  SpectralDensity and the quadrature statistics              ()
+    _results     Status, SingularTriplets, RegionCounts                     (_quadrature)
+    _certify     true residuals, honest flags, missed-value search          (_checks, _restart,
+                                                                             _results)
+    _dense       dense_svd                                                  (_results)
+    _randomized  randomized_svd                                             (_checks, _gkl,
+                                                                             _certify, _results)
+    _lanczos     top_singular, bottom_singular: the restarted driver        (_checks, _gkl,
+                                                                             _restart, _certify,
+                                                                             _randomized,
+                                                                             _results)
+    _slq         singular_value_density, region_counts                      (_checks, _gkl,
+                                                                             _quadrature,
+                                                                             _results, _dense)
+    _subspace    principal cosines, projections                             ()
 """
 
 from ._dense import dense_svd as dense_svd

@@ -13,19 +13,27 @@ Breakdown (an exactly invariant Krylov space, e.g. the linear-regression oracle 
 :math:`J^T J` has only ``n + 1`` distinct eigenvalues) continues with a fresh direction
 orthogonal to the basis, so the rest of the spectrum is still reached.
 
-Three drivers of the same half-steps:
+One set of half-steps for a block of ``b`` columns (``b = 1`` being the plain case):
+:func:`left_half` orthogonalises ``A V_b`` into the next ``b`` rows of ``U`` and
+:func:`right_half` orthogonalises ``A^T U_b`` into the next ``b`` rows of ``V``, column by
+column (CGS2 with breakdown replacement), so with ``b > 1``
 
-* :func:`gkl_cycle` -- traced: the products inside one ``lax.fori_loop`` (SLQ vmaps it over
-  its probes, so the products become block products).
-* :func:`gkl_cycle_eager` -- the restarted top/bottom driver's: the operator's own compiled
-  products called from Python between two small compiled half-step kernels, so the products
-  are compiled once per operator and shared by every cycle, restart and residual check.
-* :func:`gkl_block_cycle` -- ``b`` columns at a time with block products
-  (``op.matmat`` / ``op.rmatmat``) and a residual block :math:`V_{ext} D` in place of
-  :math:`f e_m^T`.
+.. math::  A^T U_m = V_m R_m^T + V_{ext} D
 
-Cost: two products per step (one ``mv``, one ``rmv``); ``O((M + N) m)`` flops per step for the
-reorthogonalisation; memory: the bases, ``m M + (m + 1) N`` numbers.
+with :math:`V_{ext}` the ``b`` rows of ``V`` after ``m`` and ``D`` (``b x m``) their
+coefficients (for ``b = 1``, ``D = \beta e_m^T``). Two drivers of these half-steps:
+
+* :func:`gkl_cycle` -- traced, ``b = 1``: the products inside one ``lax.fori_loop`` (SLQ vmaps
+  it over its probes, so the products become block products).
+* :func:`gkl_cycle_eager` -- the restarted top/bottom driver's, any ``b``: the operator's own
+  compiled products (raw ``mv`` / ``rmv`` for ``b = 1``, ``op.matmat`` / ``op.rmatmat`` for
+  ``b > 1``) called from Python between the two compiled half-step kernels, so the products
+  are compiled once per operator and shared by every cycle, restart and residual check, and
+  the kernels (no operator inside) once per basis shape and shared by every operator.
+
+Cost: two products per step (one ``mv``, one ``rmv``; a block step: ``b`` of each, as one
+block product); ``O((M + N) m)`` flops per column for the reorthogonalisation; memory: the
+bases, ``m M + (m + b) N`` numbers.
 
 References
 ----------
@@ -45,7 +53,7 @@ import numpy as np
 
 from ..core._operator import LinearOperator, product_fns
 
-__all__ = ["gkl_cycle", "gkl_cycle_eager", "gkl_block_cycle", "mm"]
+__all__ = ["left_half", "right_half", "gkl_cycle", "gkl_cycle_eager", "mm"]
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -99,26 +107,90 @@ def _normalise_or_replace(B, w, mask, norm_in, key, dtype, replace):
     return w_out, coef, broke
 
 
-def _left_step(Ut, R, w, j, key, replace: bool):
-    """One left half-step: orthogonalise ``w = A v_j`` against ``u_0 .. u_{j-1}`` (CGS2),
-    normalise it into ``u_j`` and write column ``j`` of ``R = U^T A V``."""
+def _columns(X):
+    """``(X as (n, b), was_vector)``: the half-steps take one vector or a block of columns."""
+    return (X[:, None], True) if X.ndim == 1 else (X, False)
+
+
+def _over_columns(col, b, init):
+    """``col(i, state)`` for ``i < b``: straight-line for one column (the plain step, no loop
+    in the kernel), a ``fori_loop`` (one compiled body) for a block."""
+    return col(0, init) if b == 1 else jax.lax.fori_loop(0, b, col, init)
+
+
+def left_half(Ut, R, W, o, seed, replace: bool):
+    r"""Left half-step: orthogonalise the columns of ``W = A V_b`` (``V_b`` the rows
+    ``o .. o+b-1`` of ``V``) into rows ``o .. o+b-1`` of ``U`` and columns ``o .. o+b-1`` of
+    :math:`R = U^T A V`.
+
+    Column ``i`` (row ``j = o + i``) is orthogonalised against ``u_0 .. u_{j-1}`` (CGS2): its
+    coefficients are column ``j`` of ``R`` above the diagonal and its norm ``alpha`` the
+    diagonal entry. ``W`` is ``(M,)`` (one column; then the new ``u_o`` is returned as a
+    vector) or ``(M, b)``. Returns ``(Ut, R, U_b, alphas, broke)`` with ``U_b`` the new rows as
+    columns (``(M, b)``, or ``(M,)``), ready for the next product ``A^T U_b``; ``alphas`` and
+    ``broke`` (breakdown flags) are ``(b,)``. ``seed``: the breakdown directions' hash
+    (column ``j`` uses ``seed + 2j + 1``).
+    """
     dtype = Ut.dtype
-    norm_in = jnp.linalg.norm(w)
-    mask = (jnp.arange(Ut.shape[0]) < j).astype(dtype)
-    w, c = _orth2(Ut, w, mask)
-    u, alpha, broke = _normalise_or_replace(Ut, w, mask, norm_in, key, dtype, replace)
-    return Ut.at[j].set(u), R.at[:, j].set(c.at[j].set(alpha)), u, alpha, broke
+    Wm, vector = _columns(W)
+    b = Wm.shape[1]
+    rows = jnp.arange(Ut.shape[0])
+
+    def col(i, state):
+        Ut, R, alphas, broke = state
+        j = o + i
+        w = Wm[:, i]
+        norm_in = jnp.linalg.norm(w)
+        mask = (rows < j).astype(dtype)
+        w, c = _orth2(Ut, w, mask)
+        key = seed + 2.0 * j.astype(dtype) + 1.0
+        u, alpha, br = _normalise_or_replace(Ut, w, mask, norm_in, key, dtype, replace)
+        Ut = Ut.at[j].set(u)
+        R = R.at[:, j].set(c.at[j].set(alpha))
+        return Ut, R, alphas.at[i].set(alpha), broke.at[i].set(br)
+
+    init = (Ut, R, jnp.zeros((b,), dtype), jnp.zeros((b,), bool))
+    Ut, R, alphas, broke = _over_columns(col, b, init)
+    Ub = jax.lax.dynamic_slice_in_dim(Ut, o, b, axis=0)
+    return Ut, R, (Ub[0] if vector else Ub.T), alphas, broke
 
 
-def _right_step(Vt, z, j, key, replace: bool):
-    """One right half-step: orthogonalise ``z = A^T u_j`` against ``v_0 .. v_j`` and normalise
-    it into ``v_{j+1}`` (the coefficients are ``R^T``'s, already known); returns ``beta``."""
+def right_half(Vt, D, Z, o, seed, replace: bool):
+    r"""Right half-step: orthogonalise the columns of ``Z = A^T U_b`` (``U_b`` the rows
+    ``o .. o+b-1`` of ``U``) into rows ``o+b .. o+2b-1`` of ``V``.
+
+    ``Vt`` is ``(m + b, N)`` and ``D`` ``(b, m)``: ``b`` is the block size. Column ``i`` (new
+    row ``r = o + b + i``) is orthogonalised against ``v_0 .. v_{r-1}``; its coefficients on
+    rows ``0 .. m-1`` are those of ``R^T``, already known, and those on the rows from ``m`` on
+    (nonzero only in the last block of a cycle, with the norm ``beta`` on ``v_r``) are column
+    ``o + i`` of ``D``: :math:`A^T U_m = V_m R_m^T + V_{ext} D`. ``Z`` is ``(N,)`` or
+    ``(N, b)``. Returns ``(Vt, D, V_b, betas, broke)`` with ``V_b`` the new rows as columns
+    (``(N, b)``, or ``(N,)``), ready for the next product ``A V_b``. Column ``j = o + i`` uses
+    the breakdown hash ``seed + 2j + 2``.
+    """
     dtype = Vt.dtype
-    norm_in = jnp.linalg.norm(z)
-    mask = (jnp.arange(Vt.shape[0]) <= j).astype(dtype)
-    z, _ = _orth2(Vt, z, mask)
-    v, beta, broke = _normalise_or_replace(Vt, z, mask, norm_in, key, dtype, replace)
-    return Vt.at[j + 1].set(v), v, beta, broke
+    Zm, vector = _columns(Z)
+    b, m = D.shape
+    rows = jnp.arange(Vt.shape[0])
+
+    def col(i, state):
+        Vt, D, betas, broke = state
+        j = o + i
+        row = j + b
+        z = Zm[:, i]
+        norm_in = jnp.linalg.norm(z)
+        mask = (rows < row).astype(dtype)
+        z, d = _orth2(Vt, z, mask)
+        key = seed + 2.0 * j.astype(dtype) + 2.0
+        v, beta, br = _normalise_or_replace(Vt, z, mask, norm_in, key, dtype, replace)
+        Vt = Vt.at[row].set(v)
+        D = D.at[:, j].set(d.at[row].set(beta)[m:])
+        return Vt, D, betas.at[i].set(beta), broke.at[i].set(br)
+
+    init = (Vt, D, jnp.zeros((b,), dtype), jnp.zeros((b,), bool))
+    Vt, D, betas, broke = _over_columns(col, b, init)
+    Vb = jax.lax.dynamic_slice_in_dim(Vt, o + b, b, axis=0)
+    return Vt, D, (Vb[0] if vector else Vb.T), betas, broke
 
 
 def _gkl_cycle(op: LinearOperator, Ut, Vt, R, start, seed, replace: bool = True):
@@ -130,8 +202,7 @@ def _gkl_cycle(op: LinearOperator, Ut, Vt, R, start, seed, replace: bool = True)
     ``R = U^T A V`` (``m x m``), the last residual norm ``beta`` (its direction in ``Vt[m]``)
     and a flag that every product was finite. ``replace`` (static): continue after a
     breakdown with a random orthogonal direction (True) or with zeros (False).
-    Cost: ``2 (m - start)`` products; memory: the
-    bases, ``(2m + 1) P``.
+    Cost: ``2 (m - start)`` products; memory: the bases, ``(2m + 1) P``.
 
     This traced form puts the operator's products inside one ``fori_loop`` (SLQ vmaps it over
     probes, so the products become block products); the restarted top/bottom driver runs the
@@ -139,136 +210,86 @@ def _gkl_cycle(op: LinearOperator, Ut, Vt, R, start, seed, replace: bool = True)
     """
     m = Ut.shape[0]
     dtype = Vt.dtype
-    key = jnp.asarray(seed, dtype)
+    seed = jnp.asarray(seed, dtype)
 
     def step(j, state):
-        Ut, Vt, R, beta, finite, nbreak = state
-        ka = key + 2.0 * j.astype(dtype) + 1.0
-        Ut, R, u, alpha, broke_a = _left_step(Ut, R, op.mv(Vt[j]), j, ka, replace)
-        Vt, _, beta, broke_b = _right_step(Vt, op.rmv(u), j, ka + 1.0, replace)
-        finite = finite & jnp.isfinite(alpha) & jnp.isfinite(beta)
-        nbreak = nbreak + broke_a.astype(jnp.int32) + broke_b.astype(jnp.int32)
-        return Ut, Vt, R, beta, finite, nbreak
+        Ut, Vt, R, D, finite, nbreak = state
+        Ut, R, u, alpha, broke_a = left_half(Ut, R, op.mv(Vt[j]), j, seed, replace)
+        Vt, D, _, beta, broke_b = right_half(Vt, D, op.rmv(u), j, seed, replace)
+        finite = finite & jnp.all(jnp.isfinite(alpha)) & jnp.all(jnp.isfinite(beta))
+        nbreak = nbreak + jnp.sum(broke_a, dtype=jnp.int32) + jnp.sum(broke_b, dtype=jnp.int32)
+        return Ut, Vt, R, D, finite, nbreak
 
-    init = (Ut, Vt, R, jnp.zeros((), dtype), jnp.array(True), jnp.zeros((), jnp.int32))
-    return jax.lax.fori_loop(start, m, step, init)
+    D = jnp.zeros((1, m), dtype)
+    init = (Ut, Vt, R, D, jnp.array(True), jnp.zeros((), jnp.int32))
+    Ut, Vt, R, D, finite, nbreak = jax.lax.fori_loop(start, m, step, init)
+    return Ut, Vt, R, D[0, m - 1], finite, nbreak
 
 
 gkl_cycle = eqx.filter_jit(_gkl_cycle)
 
 # The half-steps as small compiled kernels (no operator inside: compiled once per basis shape
-# and shared by every operator). The bases are donated: each step extends them in place. Plain
-# jax.jit: its dispatch costs ~0.4 ms per call against ~0.65 ms for eqx.filter_jit (measured,
-# P = 9610), which matters when a product costs about a millisecond.
-_left_step_jit = {
-    r: jax.jit(functools.partial(_left_step, replace=r), donate_argnums=(0, 1))
+# and block size, and shared by every operator). The bases are donated: each step extends them
+# in place. Plain jax.jit: its dispatch costs ~0.4 ms per call against ~0.65 ms for
+# eqx.filter_jit (measured, P = 9610), which matters when a product costs about a millisecond.
+_left_half_jit = {
+    r: jax.jit(functools.partial(left_half, replace=r), donate_argnums=(0, 1))
     for r in (True, False)
 }
-_right_step_jit = {
-    r: jax.jit(functools.partial(_right_step, replace=r), donate_argnums=(0,))
+_right_half_jit = {
+    r: jax.jit(functools.partial(right_half, replace=r), donate_argnums=(0, 1))
     for r in (True, False)
 }
 
 
-def _raw_products(op: LinearOperator):
-    """The operator's compiled product functions, without the per-call shape and finiteness
-    checks of ``op.mv`` (the vectors come from the solver's own bases, and a non-finite product
-    shows in the Lanczos coefficients, which the driver checks once per cycle): each check is a
-    host round trip, comparable to a product of a millisecond. Subclasses that override the
-    products (deflated, transposed or dense operators) keep their methods."""
-    return product_fns(op)
+@functools.partial(jax.jit, static_argnums=2)
+def _rows_as_columns(Vt, start, b: int):
+    """Rows ``start .. start+b-1`` of ``Vt`` as ``(N, b)`` columns (``start`` traced: one
+    compile per shape and block size, whatever the restart point)."""
+    return jax.lax.dynamic_slice_in_dim(Vt, start, b, axis=0).T
 
 
-def gkl_cycle_eager(op: LinearOperator, Ut, Vt, R, start: int, seed: float, replace: bool = True):
-    """:func:`gkl_cycle` driven from Python: the operator's own products (``op.mv``,
-    ``op.rmv``, each compiled once per operator and reused by every solver and restart) between
-    compiled half-steps. Compiling the products into each solver kernel cost seconds per kernel
-    on CPU (the training loop's JVP and VJP, with a cached linearisation's residuals embedded as
-    constants); dispatching them from Python costs microseconds against products of
-    milliseconds. Same returns as :func:`gkl_cycle`."""
-    dtype = Vt.dtype
-    m = Ut.shape[0]
-    v = Vt[start]
-    coefs, broken = [], []
-    beta = jnp.zeros((), dtype)
-    left, right = _left_step_jit[bool(replace)], _right_step_jit[bool(replace)]
-    mv, rmv = _raw_products(op)
-    for j in range(int(start), m):
-        ka = float(seed) + 2.0 * j + 1.0
-        Ut, R, u, alpha, broke_a = left(Ut, R, mv(v), jnp.asarray(j), jnp.asarray(ka, dtype))
-        Vt, v, beta, broke_b = right(Vt, rmv(u), jnp.asarray(j), jnp.asarray(ka + 1.0, dtype))
-        coefs += [alpha, beta]
-        broken += [broke_a, broke_b]
-    # host-side bookkeeping (numpy): eager jnp ops would each compile once per cycle length
-    finite = bool(np.all(np.isfinite(np.asarray([float(c) for c in coefs]))))
-    nbreak = int(sum(bool(b) for b in broken))
-    return Ut, Vt, R, beta, finite, nbreak
+def gkl_cycle_eager(op: LinearOperator, Ut, Vt, R, D, start: int, seed: float, replace=True):
+    r"""Golub-Kahan steps ``start .. m-1``, ``b`` at a time, driven from Python: the operator's
+    own compiled products between the compiled half-steps :func:`left_half` and
+    :func:`right_half`.
 
+    ``Ut: (m, M)``, ``Vt: (m + b, N)``, ``R: (m, m)``, ``D: (b, m)`` (``b`` the block size,
+    from ``D``; ``(m - start) % b == 0``); rows ``start .. start+b-1`` of ``Vt`` must be
+    orthonormal to the rows before them and ``R[:start, :start]`` must equal
+    ``Ut[:start] A Vt[:start]^T``. Returns ``(Ut, Vt, R, D, finite, num_breakdowns)``: the
+    relations :math:`A V_m = U_m R_m`, :math:`A^T U_m = V_m R_m^T + V_{ext} D` hold, and
+    ``finite`` says every coefficient was finite.
 
-@eqx.filter_jit
-def gkl_block_cycle(op: LinearOperator, Ut, Vt, R, start, seed, block_size: int):
-    r"""Block Golub-Kahan steps: rows ``start .. m-1`` of ``Ut``, ``b = block_size`` at a time.
-
-    Products are block products (``op.matmat`` / ``op.rmatmat`` on ``b`` columns: one shared
-    primal run on a training Jacobian); the orthogonalisation is still column by column
-    (CGS2 with breakdown replacement), so the relations of :func:`gkl_cycle` hold with a
-    band of width ``b``: :math:`A V_m = U_m R_m` and
-    :math:`A^T U_m = V_m R_m^T + V_{ext} D` with :math:`V_{ext}` the ``b`` rows after ``m``
-    of ``Vt`` (``(m + b, N)``). Needs ``(m - start) % b == 0`` and rows ``start ..
-    start + b - 1`` of ``Vt`` orthonormal to the rest. Returns ``(Ut, Vt, R, D, finite)``.
+    ``b = 1`` uses the raw products ``mv_fn`` / ``rmv_fn`` (no per-call shape and finiteness
+    checks: each is a host round trip, comparable to a product of a millisecond; the vectors
+    come from the solver's own bases, and a non-finite product shows in the coefficients,
+    checked once per cycle): per step one ``mv``, one left kernel, one ``rmv``, one right
+    kernel. ``b > 1`` uses ``op.matmat`` / ``op.rmatmat`` (one shared primal run per block on a
+    training Jacobian), compiled once per operator and block shape. Compiling the products
+    into each solver kernel instead cost seconds per kernel on CPU (the training loop's JVP
+    and VJP, with a cached linearisation's residuals embedded as constants).
     Cost: ``2 (m - start)`` products.
     """
-    m = Ut.shape[0]
-    b = block_size
+    b, m = D.shape
     dtype = Vt.dtype
-    rows_u = jnp.arange(m)
-    rows_v = jnp.arange(m + b)
-    key = jnp.asarray(seed, dtype)
-    num_blocks = (m - start) // b
-
-    def block(jb, state):
-        Ut, Vt, R, D, finite = state
-        o = start + jb * b
-        Vb = jax.lax.dynamic_slice_in_dim(Vt, o, b, axis=0)
-        W = op.matmat(Vb.T)  # (M, b)
-
-        def left(i, st):
-            Ut, R = st
-            w = W[:, i]
-            norm_in = jnp.linalg.norm(w)
-            mask = (rows_u < o + i).astype(dtype)
-            w, c = _orth2(Ut, w, mask)
-            u, alpha, _ = _normalise_or_replace(
-                Ut, w, mask, norm_in, key + 3.0 * (o + i), dtype, True
-            )
-            Ut = Ut.at[o + i].set(u)
-            R = R.at[:, o + i].set(c.at[o + i].set(alpha))
-            return Ut, R
-
-        Ut, R = jax.lax.fori_loop(0, b, left, (Ut, R))
-        Ub = jax.lax.dynamic_slice_in_dim(Ut, o, b, axis=0)
-        Z = op.rmatmat(Ub.T)  # (N, b)
-
-        def right(i, st):
-            Vt, D = st
-            z = Z[:, i]
-            norm_in = jnp.linalg.norm(z)
-            row = o + b + i
-            mask = (rows_v < row).astype(dtype)
-            z, d = _orth2(Vt, z, mask)
-            v, beta, _ = _normalise_or_replace(
-                Vt, z, mask, norm_in, key + 3.0 * row + 1.0, dtype, True
-            )
-            Vt = Vt.at[row].set(v)
-            d = d.at[row].set(beta)
-            # coefficients of A^T u on the rows beyond m (nonzero only in the last block)
-            D = D.at[:, o + i].set(d[m:])
-            return Vt, D
-
-        Vt, D = jax.lax.fori_loop(0, b, right, (Vt, D))
-        finite = finite & jnp.all(jnp.isfinite(R)) & jnp.all(jnp.isfinite(D))
-        return Ut, Vt, R, D, finite
-
-    D = jnp.zeros((b, m), dtype)
-    init = (Ut, Vt, R, D, jnp.array(True))
-    return jax.lax.fori_loop(0, num_blocks, block, init)
+    left, right = _left_half_jit[bool(replace)], _right_half_jit[bool(replace)]
+    if b == 1:
+        mv, rmv = product_fns(op)
+        x = Vt[start]
+    else:
+        mv, rmv = op.matmat, op.rmatmat
+        x = _rows_as_columns(Vt, jnp.asarray(start), b)
+    seed = jnp.asarray(seed, dtype)
+    coefs, broken = [], []
+    for o in range(int(start), m, b):
+        o_ = jnp.asarray(o)
+        Ut, R, y, alphas, broke_a = left(Ut, R, mv(x), o_, seed)
+        Vt, D, x, betas, broke_b = right(Vt, D, rmv(y), o_, seed)
+        coefs += [alphas, betas]
+        broken += [broke_a, broke_b]
+    # host-side bookkeeping (numpy): eager jnp ops would each compile once per cycle length
+    coefs = np.concatenate([np.asarray(c) for c in coefs]) if coefs else np.zeros(0)
+    finite = bool(np.all(np.isfinite(coefs)))
+    nbreak = int(sum(int(np.sum(np.asarray(flags))) for flags in broken))
+    return Ut, Vt, R, D, finite, nbreak

@@ -26,7 +26,7 @@ import numpy as np
 
 from ._gkl import mm
 
-__all__ = ["ritz", "thick_restart", "thick_restart_block", "default_keep"]
+__all__ = ["ritz", "thick_restart", "default_keep"]
 
 
 def default_keep(k: int, m: int) -> int:
@@ -43,28 +43,17 @@ def ritz(R):
 
 @eqx.filter_jit(donate="all")
 def thick_restart(Ut, Vt, X, Y, S, idx):
-    """Keep Ritz vectors ``idx`` (rows ``X^T U``, ``Y^T V``), then the residual direction."""
+    """Keep Ritz vectors ``idx`` (rows ``X^T U``, ``Y^T V``), then the ``b`` residual directions
+    (the rows of ``Vt`` after ``m``; ``b = Vt.shape[0] - m``, one for the single-vector
+    process); ``R`` becomes the kept values' diagonal. The bases are donated."""
     m = Ut.shape[0]
-    keep = idx.shape[0]
-    dtype = Vt.dtype
-    Xk = X[:, idx].astype(dtype)
-    Yk = Y[:, idx].astype(dtype)
-    Unew = jnp.zeros_like(Ut).at[:keep].set(mm(Xk.T, Ut))
-    Vnew = jnp.zeros_like(Vt).at[:keep].set(mm(Yk.T, Vt[:m])).at[keep].set(Vt[m])
-    Rnew = jnp.zeros((m, m), dtype).at[jnp.arange(keep), jnp.arange(keep)].set(S[idx].astype(dtype))
-    return Unew, Vnew, Rnew
-
-
-@eqx.filter_jit
-def thick_restart_block(Ut, Vt, X, Y, S, idx, block_size: int):
-    """Block thick restart: kept Ritz vectors, then the ``b`` residual directions."""
-    m = Ut.shape[0]
+    b = Vt.shape[0] - m
     keep = idx.shape[0]
     dtype = Vt.dtype
     Xk = X[:, idx].astype(dtype)
     Yk = Y[:, idx].astype(dtype)
     Unew = jnp.zeros_like(Ut).at[:keep].set(mm(Xk.T, Ut))
     Vnew = jnp.zeros_like(Vt).at[:keep].set(mm(Yk.T, Vt[:m]))
-    Vnew = Vnew.at[keep : keep + block_size].set(Vt[m : m + block_size])
+    Vnew = Vnew.at[keep : keep + b].set(Vt[m : m + b])
     Rnew = jnp.zeros((m, m), dtype).at[jnp.arange(keep), jnp.arange(keep)].set(S[idx].astype(dtype))
     return Unew, Vnew, Rnew

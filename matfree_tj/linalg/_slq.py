@@ -245,7 +245,7 @@ def region_counts(
 
     ``method="slq"``: stochastic Lanczos quadrature (:func:`singular_value_density`), per-probe
     counts summing to ``P``, standard errors from the spread over probes (a
-    :class:`~matfree_tj._results.ResolutionWarning` when ``hi - lo`` is below the quadrature
+    :class:`~matfree_tj.ResolutionWarning` when ``hi - lo`` is below the quadrature
     resolution). ``method="dense"``: exact counts from :func:`matfree_tj.dense_svd` (``P``
     products and an ``O(P^3)`` SVD; ``key`` may be omitted), standard errors zero.
 
