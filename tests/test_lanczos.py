@@ -336,3 +336,35 @@ def test_block_variant(x64):
     assert_honest(op, res, s_true)
     with pytest.raises(ValueError, match="block_size"):
         mtj.top_singular(op, 5, key=jax.random.key(0), num_basis=8, block_size=4)
+
+
+def test_one_triplets_type_dense_and_matrix_free(x64):
+    import json
+
+    s_true = np.linspace(4.0, 0.5, 30)
+    A = matrix_with_spectrum(s_true, seed=5, shape=(40, 30))
+    op = dense_operator(A)
+    dense = mtj.dense_svd(op, compute_vectors=True)
+    assert isinstance(dense, mtj.SingularTriplets) and len(dense) == 30
+    assert (dense.method, dense.which, dense.status) == ("dense", "all", mtj.Status.CONVERGED)
+    assert dense.num_products == 30 and mtj.dense_svd(A).num_products == 0
+    assert mtj.dense_svd(A).U is None and mtj.dense_svd(A).V is None
+    # the a-priori bound covers the true residuals of the LAPACK triplets
+    r = true_residuals(op, dense, A)
+    assert np.all(r <= np.asarray(dense.residuals)) and bool(np.all(dense.converged))
+    top = mtj.top_singular(op, 4, key=jax.random.key(3))
+    for res in (dense, top):
+        record = json.loads(json.dumps(res.accuracy()))
+        assert record["status"] == "converged" and record["num_products"] == res.num_products
+        np.testing.assert_array_equal(record["s"], np.asarray(res.s))
+        np.testing.assert_array_equal(record["residuals"], np.asarray(res.residuals))
+        # canonical signs: the largest-magnitude entry of each v_i is positive, u_i flips with it
+        flipped = res.with_canonical_signs()
+        V, U = np.asarray(flipped.V), np.asarray(flipped.U)
+        assert np.all(V[np.argmax(np.abs(V), axis=0), np.arange(V.shape[1])] > 0)
+        np.testing.assert_allclose(A @ V, U * np.asarray(res.s), atol=1e-10)
+        np.testing.assert_allclose(np.abs(V), np.abs(np.asarray(res.V)), rtol=0, atol=0)
+    np.testing.assert_allclose(
+        np.asarray(top.with_canonical_signs().V), dense.with_canonical_signs().V[:, :4], atol=1e-8
+    )
+    assert mtj.Status("max_products") is mtj.Status.MAX_PRODUCTS and f"{top.status}" == "converged"
