@@ -80,7 +80,7 @@ def sweep(
 
     import matfree_tj as mtj
     from benchmarks import _cases as K
-    from matfree_tj.linalg._results import region_spans
+    from matfree_tj.linalg._quadrature import region_spans
 
     J, out, truth = K._setup(model)
     P = out["P"]

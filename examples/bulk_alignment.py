@@ -58,7 +58,7 @@ def main(argv=None):
     if not args.no_dense:
         t0 = time.perf_counter()
         svd = mtj.dense_svd(J, compute_vectors=True)
-        cos = an.alignment(an.Triplets(svd.s, svd.U, svd.V, "all"))
+        cos = an.alignment(svd)
         out["dense"] = {
             "alignment": an.alignment_by_region(svd.s, cos),
             "counts": an.counts_from_values(svd.s),

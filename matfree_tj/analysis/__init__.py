@@ -98,7 +98,6 @@ from ._spectrum import spectrum_summary as spectrum_summary
 from ._triplets import AlignmentSummary as AlignmentSummary
 from ._triplets import BulkAlignmentProbe as BulkAlignmentProbe
 from ._triplets import ProbeAlignment as ProbeAlignment
-from ._triplets import Triplets as Triplets
 from ._triplets import alignment as alignment
 from ._triplets import alignment_summary as alignment_summary
 from ._triplets import bulk_alignment_probe as bulk_alignment_probe
@@ -117,7 +116,6 @@ __all__ = [
     "alignment_by_region",
     "auto_num_steps",
     "compare_spectra",
-    "Triplets",
     "AlignmentSummary",
     "ProbeAlignment",
     "BulkAlignmentProbe",

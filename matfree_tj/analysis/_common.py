@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core import LinearOperator
+from ..core import AbstractOperator
 
 BACKENDS = ("matrix-free", "dense")
 REGIONS = ("chaotic", "bulk", "stable")
@@ -49,7 +49,7 @@ def _np(x: Any) -> np.ndarray:
 
 
 def _dense_matrix(op: Any) -> np.ndarray:
-    return _np(op.to_dense() if isinstance(op, LinearOperator) else op)
+    return _np(op.to_dense() if isinstance(op, AbstractOperator) else op)
 
 
 def _get(obj: Any, name: str) -> float:

@@ -19,7 +19,7 @@ from ._common import _np, model_inputs
 
 
 def _basis(x: Any) -> np.ndarray:
-    """Right vectors of a :class:`~matfree_tj.analysis.Triplets`, or the array itself."""
+    """Right vectors of a :class:`~matfree_tj.SingularTriplets`, or the array itself."""
     return _np(x.V if hasattr(x, "V") and hasattr(x, "s") else x)
 
 
@@ -227,7 +227,8 @@ def bulk_nullspace_overlap(moved: Any, rowspace: Any, ks: Sequence[int]) -> Null
     r"""Overlap of the bulk with the near-nullspace of ``F`` against the size of the moved set.
 
     For each ``k``: bulk ``= span(V[:, :k])^\perp`` (``V`` the moved directions, a
-    :class:`Triplets` of ``J - I`` or a basis) and near-nullspace ``= span(R)^\perp``
+    :class:`~matfree_tj.SingularTriplets` of ``J - I`` or a basis) and near-nullspace ``=
+    span(R)^\perp``
     (:func:`function_rowspace`), compared with :func:`subspace_overlap` (``complement=True``).
     Returns a :class:`NullspaceOverlap` (sizes beyond the basis's width are skipped):
     ``fraction`` near 1 (above ``baseline``) means the
@@ -268,7 +269,8 @@ def bulk_nullspace_overlap(moved: Any, rowspace: Any, ks: Sequence[int]) -> Null
 def seed_overlap(bases: Sequence[Any], *, complement: bool = True) -> SeedOverlap:
     r"""Pairwise overlap of the bulks of several runs (e.g. seeds) against the random baseline.
 
-    ``bases``: per run, the moved directions (:class:`Triplets` or ``(P, k)`` basis) when
+    ``bases``: per run, the moved directions (:class:`~matfree_tj.SingularTriplets` or ``(P, k)``
+    basis) when
     ``complement=True`` (the bulk is their complement), or explicit bulk bases otherwise.
     Returns a :class:`SeedOverlap` (one entry per pair, and the means). No operator products;
     ``O(P k^2)`` flops per pair.

@@ -18,9 +18,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from ..core import LinearOperator
+from ..core import AbstractOperator
 from ..linalg import (
-    DenseSVD,
+    SingularTriplets,
     count_interval,
     dense_svd,
     probe_quantile,
@@ -136,7 +136,7 @@ def alignment_by_region(s: Any, cos: Any, lo: float = 0.9, hi: float = 1.1) -> d
 
 
 def spectrum_summary(
-    J: LinearOperator,
+    J: AbstractOperator,
     *,
     key: jax.Array,
     backend: str = "matrix-free",
@@ -146,7 +146,7 @@ def spectrum_summary(
     num_probes: int | None = None,
     num_steps: int | None = None,
     num_deflate: int | None = None,
-    svd: DenseSVD | None = None,
+    svd: SingularTriplets | None = None,
     top_opts: Mapping | None = None,
     progress: Callable[[str], None] | None = None,
     max_products: int | None = None,
@@ -387,7 +387,7 @@ class SpectrumComparison:
 
 
 def compare_spectra(
-    ops: Mapping[str, LinearOperator], *, key: jax.Array, backend: str = "matrix-free", **kwargs
+    ops: Mapping[str, AbstractOperator], *, key: jax.Array, backend: str = "matrix-free", **kwargs
 ) -> SpectrumComparison:
     r""":func:`spectrum_summary` of several runs side by side (experiment 6: data versus labels).
 

@@ -1,10 +1,10 @@
 r"""Singular triplets for the experiments, and experiment 2: alignment of left and right
 singular vectors.
 
-:class:`Triplets` is the one triplet type the analyses consume (float64 numpy, canonical signs);
-:func:`singular_triplets` and :func:`moved_directions` fill it from the library's solvers or the
-dense oracle. The bulk is used through its complement, the moved directions (module docs of
-:mod:`matfree_tj.analysis`).
+:func:`singular_triplets` and :func:`moved_directions` return the library's one triplets type,
+:class:`~matfree_tj.SingularTriplets`, as float64 numpy with canonical signs (what the analyses
+consume), from the matrix-free solvers or the dense oracle. The bulk is used through its
+complement, the moved directions (module docs of :mod:`matfree_tj.analysis`).
 """
 
 from __future__ import annotations
@@ -17,59 +17,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core import LinearOperator, add_identity
-from ..linalg import DenseSVD, bottom_singular, dense_svd, project_off, top_singular
+from ..core import AbstractOperator, add_identity
+from ..linalg import (
+    SingularTriplets,
+    bottom_singular,
+    dense_svd,
+    project_off,
+    top_singular,
+)
 from ._common import _check_backend, _check_k, _dense_matrix, _np
 
-
-@dataclasses.dataclass(frozen=True)
-class Triplets:
-    """Singular triplets ``A v_i = s_i u_i`` (float64 numpy): ``U``, ``V`` are ``(P, k)`` columns.
-
-    ``which`` is ``"top"`` (``s`` descending), ``"bottom"`` (ascending) or ``"all"`` (descending).
-    Signs are canonical: the largest-magnitude entry of each ``v_i`` is positive.
-    """
-
-    s: np.ndarray
-    U: np.ndarray
-    V: np.ndarray
-    which: str
-    num_products: int = 0
-    converged: np.ndarray | None = None
-    residuals: np.ndarray | None = None
-    status: str | None = None
-
-    def __len__(self) -> int:
-        return int(self.s.shape[0])
-
-    def accuracy(self) -> dict:
-        """JSON-able record of how far to trust the triplets: values, per-triplet residuals
-        ``sqrt(||A v - s u||^2 + ||A^T u - s v||^2)`` and convergence flags (matrix-free; dense
-        triplets are exact to rounding: ``None``), solver status and products used."""
-        return {
-            "which": self.which,
-            "s": [float(x) for x in self.s],
-            "converged": None if self.converged is None else [bool(c) for c in self.converged],
-            "residuals": None if self.residuals is None else [float(r) for r in self.residuals],
-            "status": self.status,
-            "num_products": int(self.num_products),
-        }
+_WHICH = {"top": "largest", "bottom": "smallest", "all": "all"}
 
 
-def _fix_signs(U: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flip each pair ``(u_i, v_i)`` so the largest-magnitude entry of ``v_i`` is positive.
-
-    A triplet is defined up to a joint sign; fixing it makes backends and solvers return the same
-    vectors, so nonlinear experiments (retraining from ``theta_0 + eps v``) are comparable.
-    """
-    idx = np.argmax(np.abs(V), axis=0)
-    sign = np.sign(V[idx, np.arange(V.shape[1])])
-    sign[sign == 0] = 1.0
-    return U * sign, V * sign
+def _as_float64(res: SingularTriplets, **changes: Any) -> SingularTriplets:
+    """``res`` as float64 numpy with canonical signs: the form every analysis consumes (the
+    library's one triplets type; nonlinear experiments compare vectors across backends)."""
+    fields = {
+        "s": _np(res.s),
+        "U": _np(res.U),
+        "V": _np(res.V),
+        "residuals": _np(res.residuals),
+        "converged": np.asarray(res.converged, bool),
+    }
+    return dataclasses.replace(res, **{**fields, **changes}).with_canonical_signs()
 
 
 def singular_triplets(
-    op: LinearOperator,
+    op: AbstractOperator,
     k: int | None,
     *,
     key: jax.Array | None = None,
@@ -77,19 +52,20 @@ def singular_triplets(
     backend: str = "matrix-free",
     dense: Any = None,
     **opts,
-) -> Triplets:
+) -> SingularTriplets:
     r"""The ``k`` largest (``which="top"``) or smallest (``"bottom"``) singular triplets of ``op``.
 
     Matrix-free: :func:`matfree_tj.top_singular` / :func:`matfree_tj.bottom_singular` with
     ``opts`` (needs ``key``); cost as reported in ``num_products`` (Krylov methods: a few ``k``
     products of ``op`` and of ``op^T``). Dense: materialise (``P`` products; or pass the matrix /
-    a :class:`~matfree_tj.DenseSVD` as ``dense``) and a full SVD; ``which="all"`` (``k=None``)
+    a :class:`~matfree_tj.SingularTriplets` from :func:`~matfree_tj.dense_svd` as ``dense``) and a
+    full SVD; ``which="all"`` (``k=None``)
     returns every triplet.
     """
     _check_backend(backend)
     if which not in ("top", "bottom", "all"):
         raise ValueError(f"which must be 'top', 'bottom' or 'all', got {which!r}.")
-    shape = tuple(op.shape) if isinstance(op, LinearOperator) else np.shape(op)
+    shape = tuple(op.shape) if isinstance(op, AbstractOperator) else np.shape(op)
     P = min(shape)
     if which == "all":
         if backend != "dense":
@@ -99,10 +75,10 @@ def singular_triplets(
         k = P
     k = _check_k(k, P)
     if backend == "dense":
-        svd = dense if isinstance(dense, DenseSVD) else None
+        svd = dense if isinstance(dense, SingularTriplets) else None
         if svd is not None and (svd.U is None or svd.V is None):
             raise ValueError(
-                "singular_triplets: dense is a DenseSVD without singular vectors. Compute it "
+                "singular_triplets: dense is an SVD without singular vectors. Compute it "
                 "with dense_svd(..., compute_vectors=True), or pass the dense matrix."
             )
         if svd is None:
@@ -112,55 +88,49 @@ def singular_triplets(
                     f"singular_triplets: dense has shape {A.shape}, the operator {shape}."
                 )
             svd = dense_svd(A, compute_vectors=True)
-        s, U, V = _np(svd.s), _np(svd.U), _np(svd.V)
-        cost = 0 if dense is not None else P
-        if which == "bottom":
-            s, U, V = s[::-1], U[:, ::-1], V[:, ::-1]
-        U, V = _fix_signs(U[:, :k], V[:, :k])
-        return Triplets(s[:k].copy(), U, V, which, cost)
+        order = np.arange(k) if which != "bottom" else np.arange(len(svd))[::-1][:k]
+        pick = lambda x: _np(x)[..., order]  # noqa: E731 - columns (or values) in order
+        return _as_float64(
+            svd,
+            s=pick(svd.s),
+            U=pick(svd.U),
+            V=pick(svd.V),
+            residuals=pick(svd.residuals),
+            converged=np.asarray(svd.converged)[order],
+            which=_WHICH[which],
+            num_products=0 if dense is not None else P,
+        )
     if key is None:
         raise ValueError("backend='matrix-free' needs an explicit key=jax.random.key(...).")
     fn = top_singular if which == "top" else bottom_singular
-    res = fn(op, k, key=key, **opts)
-    conv = getattr(res, "converged", None)
-    resid = getattr(res, "residuals", None)
-    U, V = _fix_signs(_np(res.U), _np(res.V))
-    return Triplets(
-        _np(res.s),
-        U,
-        V,
-        which,
-        int(getattr(res, "num_products", 0)),
-        None if conv is None else np.asarray(conv),
-        None if resid is None else _np(resid),
-        getattr(res, "status", None),
-    )
+    return _as_float64(fn(op, k, key=key, **opts))
 
 
 def moved_directions(
-    J: LinearOperator,
+    J: AbstractOperator,
     k: int,
     *,
     key: jax.Array | None = None,
     backend: str = "matrix-free",
     dense: Any = None,
     **opts,
-) -> Triplets:
+) -> SingularTriplets:
     r"""Top-``k`` singular triplets of ``J - I``: the directions training moved.
 
     Their right vectors span the complement of the bulk (module docs). Matrix-free: one product
     of ``J`` (or ``J^T``) per product of ``J - I`` (:func:`matfree_tj.add_identity`); dense: pass
-    ``dense`` = the materialised ``J`` (a ``(P, P)`` array, or a :class:`~matfree_tj.DenseSVD`
+    ``dense`` = the materialised ``J`` (a ``(P, P)`` array, or a
+    :class:`~matfree_tj.SingularTriplets` from :func:`~matfree_tj.dense_svd`
     *of J* with vectors, from which ``J`` is rebuilt) to avoid ``P`` more products. ``J - I`` is
     formed here; its SVD is a different one from ``J``'s, so never pass an SVD of ``J - I``.
     """
     JmI = add_identity(J, -1.0)
     dm = None
     if backend == "dense" and dense is not None:
-        if isinstance(dense, DenseSVD):
+        if isinstance(dense, SingularTriplets):
             if dense.U is None or dense.V is None:
                 raise ValueError(
-                    "moved_directions: dense is a DenseSVD of J without singular vectors, so J "
+                    "moved_directions: dense is an SVD of J without singular vectors, so J "
                     "cannot be rebuilt to form J - I. Pass the dense matrix of J, or "
                     "dense_svd(J, compute_vectors=True)."
                 )
@@ -174,15 +144,15 @@ def moved_directions(
     return singular_triplets(JmI, k, key=key, which="top", backend=backend, dense=dm, **opts)
 
 
-def alignment(trip: Triplets) -> np.ndarray:
+def alignment(trip: SingularTriplets) -> np.ndarray:
     r"""``cos(u_i, v_i)`` for every triplet (well defined: a triplet's sign flips ``u`` and ``v``
     together). Needs only the triplets; no operator products.
 
     Examples
     --------
-    >>> import numpy as np
-    >>> from matfree_tj.analysis import Triplets, alignment
-    >>> alignment(Triplets(np.ones(2), np.eye(2), np.array([[1.0, 0.0], [0.0, -1.0]]), "all"))
+    >>> import numpy as np, matfree_tj as mtj
+    >>> from matfree_tj.analysis import alignment
+    >>> alignment(mtj.dense_svd(np.array([[2.0, 0.0], [0.0, -1.0]]), compute_vectors=True))
     array([ 1., -1.])
     """
     num = np.sum(trip.U * trip.V, axis=0)
@@ -248,11 +218,14 @@ def random_bulk_basis(
     moved: Any, k: int, *, key: jax.Array, num_params: int | None = None
 ) -> np.ndarray:
     r"""``k`` orthonormal random directions in the bulk: Gaussian vectors projected off the moved
-    subspace (``moved``: a :class:`Triplets` or a ``(P, m)`` orthonormal basis) and
+    subspace (``moved``: a :class:`~matfree_tj.SingularTriplets` or a ``(P, m)`` orthonormal basis)
+    and
     orthonormalised. No operator products; ``O(P m k)`` flops."""
-    B = moved.V if isinstance(moved, Triplets) else np.asarray(moved)
+    B = moved.V if isinstance(moved, SingularTriplets) else np.asarray(moved)
     if B.ndim != 2:
-        raise ValueError(f"moved must be a Triplets or a (P, m) basis, got shape {B.shape}.")
+        raise ValueError(
+            f"moved must be a SingularTriplets or a (P, m) basis, got shape {B.shape}."
+        )
     P = B.shape[0] if num_params is None else int(num_params)
     if B.shape[0] != P:
         raise ValueError(f"moved has {B.shape[0]} rows but num_params={P}.")
@@ -326,7 +299,7 @@ class BulkAlignmentProbe:
 
 
 def bulk_alignment_probe(
-    J: LinearOperator, moved: Any, *, key: jax.Array, num_probes: int = 8
+    J: AbstractOperator, moved: Any, *, key: jax.Array, num_probes: int = 8
 ) -> BulkAlignmentProbe:
     r"""How unchanged training carries a random bulk direction, matrix-free.
 

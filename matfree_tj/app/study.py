@@ -139,18 +139,10 @@ def _backend_context(J, cfg: StudyConfig, backend: str, key, log, runs) -> dict:
             all=an.singular_triplets(J, None, which="all", backend="dense", dense=svd),
             moved=an.moved_directions(J, cfg.num_moved, backend="dense", dense=Jd),
         )
-        ctx["top"] = an.Triplets(
-            ctx["all"].s[: cfg.num_vectors],
-            ctx["all"].U[:, : cfg.num_vectors],
-            ctx["all"].V[:, : cfg.num_vectors],
-            "top",
-        )
-        ctx["bottom"] = an.Triplets(
-            ctx["all"].s[::-1][: cfg.num_vectors],
-            ctx["all"].U[:, ::-1][:, : cfg.num_vectors],
-            ctx["all"].V[:, ::-1][:, : cfg.num_vectors],
-            "bottom",
-        )
+        for which in ("top", "bottom"):
+            ctx[which] = an.singular_triplets(
+                J, cfg.num_vectors, which=which, backend="dense", dense=svd
+            )
     else:
         k1, k2, k3 = jax.random.split(key, 3)
         log(f"matrix-free: top {cfg.num_vectors} singular triplets of J")

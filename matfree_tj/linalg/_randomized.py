@@ -32,22 +32,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core import AbstractOperator
-from ._lanczos import _check_common, check_int, check_tol, finalise, run_guarded
-from ._results import SingularTriplets
+from ._certify import finalise
+from ._checks import check_common, check_int, check_tol, run_guarded
+from ._gkl import mm
+from ._results import SingularTriplets, Status
 
 __all__ = ["randomized_svd"]
-
-_HI = jax.lax.Precision.HIGHEST
-
-
-def _mm(a, b):
-    return jnp.matmul(a, b, precision=_HI)
 
 
 def _proj_off(Q, Y):
     """``(I - Q Q^T) Y`` twice (unfilled columns of ``Q`` are zero, so need no mask)."""
-    Y = Y - _mm(Q, _mm(Q.T, Y))
-    return Y - _mm(Q, _mm(Q.T, Y))
+    Y = Y - mm(Q, mm(Q.T, Y))
+    return Y - mm(Q, mm(Q.T, Y))
 
 
 @eqx.filter_jit
@@ -130,7 +126,7 @@ def randomized_svd(
     >>> [round(float(x), 4) for x in res.s]
     [10.0, 5.0]
     """
-    op, key, k, tol, _ = _check_common(
+    op, key, k, tol, _ = check_common(
         op,
         k,
         key,
@@ -169,7 +165,7 @@ def randomized_svd(
     filled = 0
     num_products = 0
     s_ritz = None
-    status = "max_products"
+    status = Status.MAX_PRODUCTS
     i = 0
     while filled < L:
         bi = min(b, L - filled)
@@ -180,7 +176,7 @@ def randomized_svd(
             bound = 10 * math.sqrt(2 / math.pi) * float(err)
             a = atol if atol is not None else 100 * eps * float(s_ritz[0])
             if np.all(bound <= tol * s_ritz[:k] + a):
-                status = "converged"
+                status = Status.CONVERGED
                 break
         if adaptive and num_products + (2 * power_iters + 2) * b + 2 * k > max_products:
             break
@@ -197,11 +193,11 @@ def randomized_svd(
         if not np.all(np.isfinite(S)):
             raise FloatingPointError("randomized_svd: non-finite values in B = Q^T A.")
         if not adaptive:
-            status = "converged"  # flags are decided by the residual check below
+            status = Status.CONVERGED  # flags are decided by the residual check below
             break
     if s_ritz is None:
         raise ValueError(f"max_products={max_products} is too small for one block of {b}.")
-    U = _mm(Q[:, :filled], jnp.asarray(Ubt.T[:, :k], dtype))
+    U = mm(Q[:, :filled], jnp.asarray(Ubt.T[:, :k], dtype))
     V = jnp.asarray(Vb[:, :k], dtype)
     return finalise(
         op,

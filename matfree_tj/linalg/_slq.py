@@ -10,7 +10,7 @@ m Lanczos steps on :math:`A^T A` started at :math:`q`. Averaging over random pro
 the standard error comes from the spread over probes.
 
 The Lanczos process on :math:`A^T A` is run as Golub-Kahan bidiagonalisation on :math:`A`
-(:func:`matfree_tj._lanczos.gkl_cycle`, full reorthogonalisation): with
+(:func:`matfree_tj.linalg._gkl.gkl_cycle`, full reorthogonalisation): with
 :math:`A V = U R`, :math:`A^T U = V R^T + f e_m^T` and :math:`R` upper triangular,
 :math:`A^T A V = V R^T R + r_{mm} f e_m^T`, so :math:`T = R^T R` and the nodes are
 :math:`\sigma_i = s_i(R)` -- computed from :math:`R` directly, which resolves small singular
@@ -42,9 +42,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core import AbstractOperator, Projected
+from ._checks import check_int, check_key, check_operator, run_guarded
 from ._dense import dense_svd
-from ._lanczos import check_int, check_key, check_operator, gkl_cycle, run_guarded
-from ._results import RegionCounts, RegionStderr, SpectralDensity, _stderr, region_spans
+from ._gkl import gkl_cycle
+from ._quadrature import SpectralDensity, probe_stderr, region_spans
+from ._results import RegionCounts, RegionStderr
 
 __all__ = ["singular_value_density", "region_counts"]
 
@@ -243,7 +245,7 @@ def region_counts(
 
     ``method="slq"``: stochastic Lanczos quadrature (:func:`singular_value_density`), per-probe
     counts summing to ``P``, standard errors from the spread over probes (a
-    :class:`~matfree_tj._results.ResolutionWarning` when ``hi - lo`` is below the quadrature
+    :class:`~matfree_tj.ResolutionWarning` when ``hi - lo`` is below the quadrature
     resolution). ``method="dense"``: exact counts from :func:`matfree_tj.dense_svd` (``P``
     products and an ``O(P^3)`` SVD; ``key`` may be omitted), standard errors zero.
 
@@ -329,14 +331,14 @@ def region_counts(
     for name, a, b, c in regions:
         lower, upper = dens.per_probe_bounds(a, b, closed=c)
         bounds[name] = (float(np.mean(lower)), float(np.mean(upper)))
-        bounds_stderr[name] = (_stderr(lower), _stderr(upper))
+        bounds_stderr[name] = (probe_stderr(lower), probe_stderr(upper))
         alignment[name] = dens.alignment(a, b, closed=c)
 
     return RegionCounts(
         chaotic=float(np.mean(chaotic)),
         bulk=float(np.mean(bulk)),
         stable=float(np.mean(stable)),
-        stderr=RegionStderr(_stderr(chaotic), _stderr(bulk), _stderr(stable)),
+        stderr=RegionStderr(probe_stderr(chaotic), probe_stderr(bulk), probe_stderr(stable)),
         num_products=dens.num_products,
         method="slq",
         lo=lo,
