@@ -27,13 +27,9 @@ from ._quadrature import count_interval, probe_quantile
 __all__ = ["Status", "SingularTriplets", "RegionCounts", "RegionStderr"]
 
 
-class Status(str, enum.Enum):
-    """How a solver run ended. A ``str`` enumeration: ``res.status == "converged"`` holds and
-    ``json`` writes the plain string.
-
-    ``enum.StrEnum`` would say the same, but it is Python 3.11+ and the package supports 3.10;
-    ``__str__`` and ``__format__`` are ``str``'s so that printing gives ``converged``, as
-    ``StrEnum`` does.
+class Status(enum.StrEnum):
+    """How a solver run ended. A string enumeration: ``res.status == "converged"`` holds,
+    printing gives ``converged`` and ``json`` writes the plain string.
     """
 
     CONVERGED = "converged"
@@ -46,9 +42,6 @@ class Status(str, enum.Enum):
     """The Krylov space was exhausted."""
     NONFINITE = "nonfinite"
     """An operator product was NaN or inf."""
-
-    __str__ = str.__str__
-    __format__ = str.__format__
 
 
 class SingularTriplets(eqx.Module):
