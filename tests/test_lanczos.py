@@ -1,5 +1,7 @@
 """Golub-Kahan-Lanczos top/bottom triplets against closed-form and dense oracles (float64)."""
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -272,6 +274,28 @@ def test_nan_product_raises(x64, check_finite):
 
 # JAX reports every XLA compilation as this monitoring event (jax._src.dispatch)
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_COMPILE_WINDOWS: list = []  # open recording windows of _recording_compiles
+
+
+def _on_duration(event, duration_secs, **kwargs):
+    if event == _COMPILE_EVENT:
+        for window in _COMPILE_WINDOWS:
+            window.append(kwargs.get("fun_name", event))
+
+
+@contextlib.contextmanager
+def _recording_compiles():
+    """Every backend compile while open, as JAX's own monitoring reports it. The listener is
+    registered once per process (jax < 0.8 has no public way to unregister one)."""
+    if not getattr(_on_duration, "registered", False):
+        jax.monitoring.register_event_duration_secs_listener(_on_duration)
+        _on_duration.registered = True
+    window: list = []
+    _COMPILE_WINDOWS.append(window)
+    try:
+        yield window
+    finally:
+        _COMPILE_WINDOWS.remove(window)
 
 
 def _kernel_cache_sizes(block_size):
@@ -303,17 +327,8 @@ def test_no_recompilation_on_second_call(x64, block_size):
     before = _kernel_cache_sizes(block_size)
     assert all(n >= 1 for n in before.values()), before
     op2 = DenseOperator(matrix_with_spectrum(s_true, seed=8))  # same shape: same kernels
-    compiles = []
-
-    def listener(event, duration_secs, **kwargs):
-        if event == _COMPILE_EVENT:
-            compiles.append(kwargs.get("fun_name", event))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with _recording_compiles() as compiles:
         mtj.top_singular(op2, 3, key=jax.random.key(1), **opts)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert _kernel_cache_sizes(block_size) == before
     assert not compiles, compiles  # nothing else (products, eager ops) compiled either
 
