@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from ._operator import AbstractOperator, _check_settings
-from ._train import CHECKPOINT_MODES
+from ._train import CHECKPOINT_MODES, resolve_trainable, warn_narrow_optimizer_state
 
 __all__ = ["TrainingJacobian", "training_jacobian"]
 
@@ -42,6 +42,14 @@ class TrainingJacobian(AbstractOperator):
     Attributes: ``params0_flat`` and ``params_T_flat`` (ravelled, ``(P,)``), ``unravel`` (flat
     vector -> parameter pytree), ``train_fn``, ``num_params`` and ``cached``. Built by
     :func:`training_jacobian`.
+
+    With a ``trainable`` mask (see :func:`matfree_tj.make_train_fn`) the flat vectors hold the
+    trainable leaves only (``P = P_trainable``) and ``unravel(theta)`` puts ``theta`` into
+    the trainable leaves and ``params0``'s values into the frozen ones: the input point of
+    the map J linearises, so ``train_fn(J.unravel(J.params0_flat + eps * v))`` is the run
+    perturbed along ``v``. For a direction alone use
+    ``eqx.filter(J.unravel(v), J.trainable)``; ``J.trainable`` is the resolved mask
+    (``None`` without one).
     """
 
     params0_flat: jax.Array
@@ -52,6 +60,8 @@ class TrainingJacobian(AbstractOperator):
     reverse_fn: Callable = eqx.field(static=True)  # the same run, reverse-mode memory layout
     unravel: Callable = eqx.field(static=True)
     train_fn: Callable = eqx.field(static=True)
+    # The mask as (treedef, flags): static fields must be hashable, a dict of bools is not.
+    mask_flat: Any = eqx.field(static=True, default=None)
 
     def _mv(self, v):
         if self.linearisation is not None:
@@ -69,6 +79,14 @@ class TrainingJacobian(AbstractOperator):
         return {"forward": self.linearisation is not None, "reverse": self.pullback is not None}
 
     @property
+    def trainable(self) -> Any:
+        """The resolved ``trainable`` mask (bools, ``params0``'s structure) or ``None``."""
+        if self.mask_flat is None:
+            return None
+        treedef, flags = self.mask_flat
+        return jax.tree_util.tree_unflatten(treedef, flags)
+
+    @property
     def num_params(self) -> int:
         return self.shape[0]
 
@@ -81,8 +99,10 @@ def _check_params(params0: Any) -> None:
         if eqx.is_array(x) and not jnp.issubdtype(x.dtype, jnp.floating):
             raise TypeError(
                 f"params0 leaf {jax.tree_util.keystr(path)} has dtype {x.dtype.name}; the training "
-                "Jacobian needs floating-point parameters. Cast it (x.astype(jnp.float32)) or move "
-                "non-trainable integer data out of params0 (close over it in loss_fn)."
+                "Jacobian needs floating-point parameters. If it is a counter (a BatchNorm step "
+                "count, an RNG counter) it is not a parameter: carry it as model state "
+                "(make_train_fn(..., model_state=s0)) or close over it in loss_fn. Cast it "
+                "(x.astype(jnp.float32)) only if it really is a trainable weight."
             )
 
 
@@ -129,6 +149,15 @@ def training_jacobian(
     leaf's tangent is computed in that leaf's own dtype: a float32 leaf limits the products
     to float32 accuracy (set ``tol``/``atol`` of the solvers accordingly, or cast all leaves
     to one dtype).
+
+    Built from a :func:`matfree_tj.make_train_fn` run, J follows its options: with
+    ``trainable=`` it is :math:`\partial\theta_T^{\rm tr} / \partial\theta_0^{\rm tr}` on the
+    True leaves only (shape ``(P_trainable, P_trainable)``; the frozen leaves start at
+    ``params0``'s values); with ``model_state=`` and ``key=`` the state trajectory and the
+    per-step keys are part of the run (the initial state is fixed); with ``output=`` it is
+    the Jacobian of that output. A float optimizer-state array narrower than the parameters
+    (``optax.MultiSteps``' float32 accumulator in a float64 run) caps the products' accuracy:
+    a warning names the option to widen it.
 
     Parameters
     ----------
@@ -188,18 +217,28 @@ def training_jacobian(
         raise TypeError("train_fn must be a callable params -> params.")
     _check_params(params0)
 
-    arrays0, static = eqx.partition(params0, eqx.is_array)
-    theta0, unravel_arrays = ravel_pytree(arrays0)
+    mask = getattr(train_fn, "trainable", None)
+    if mask is not None:
+        mask = resolve_trainable(mask, params0)
+    spec = eqx.is_array if mask is None else mask
+    arrays0 = eqx.filter(params0, eqx.is_array)
+    if hasattr(train_fn, "optimizer"):
+        warn_narrow_optimizer_state(train_fn.optimizer, arrays0, stacklevel=2)
+    # The variables of J (all array leaves, or the trainable ones) and the rest, held fixed.
+    variables0, rest = eqx.partition(params0, spec)
+    theta0, unravel_vars = ravel_pytree(variables0)
     P = theta0.shape[0]
     dtype = theta0.dtype
 
     def unravel(theta):
-        return eqx.combine(unravel_arrays(theta), static)
+        return eqx.combine(unravel_vars(theta), rest)
 
     # Output structure must equal input structure: check abstractly before running anything.
     in_shapes = jax.eval_shape(lambda a: a, arrays0)
     try:
         out_full = eqx.filter_eval_shape(train_fn, params0)
+    except ValueError:  # make_train_fn's own checks (e.g. a model state changing layout)
+        raise
     except Exception as e:  # noqa: BLE001 - re-raise with context
         raise TypeError(f"train_fn(params0) failed to trace: {e}") from e
     out_arrays = eqx.filter(out_full, lambda x: isinstance(x, jax.ShapeDtypeStruct))
@@ -212,7 +251,8 @@ def training_jacobian(
         raise ValueError(
             "train_fn must return parameters with the same structure, shapes and dtypes as its "
             f"input.\n  input:  {_describe(in_shapes)}\n  output: {_describe(out_arrays)}\n"
-            "Return only the trained parameters (e.g. drop optimizer state or metrics)."
+            "Return only the trained parameters (e.g. drop optimizer state or metrics); "
+            "make_train_fn's output= must return a pytree with the structure of params."
         )
 
     def reverse_train_fn():
@@ -227,7 +267,7 @@ def training_jacobian(
 
     def flat(fn):
         def f(theta):
-            out = eqx.filter(fn(unravel(theta)), eqx.is_array)
+            out = eqx.filter(fn(unravel(theta)), spec)
             return ravel_pytree(out)[0]
 
         return f
@@ -253,10 +293,11 @@ def training_jacobian(
         )
     if check_deterministic:
         again = jax.jit(lambda th: f_fwd(th))(theta0)  # a fresh trace, not the cached one
-        if not bool(jnp.all(again == theta_T)):
+        # Identical NaNs count as equal (NaN data with check_finite=False is not randomness).
+        if not bool(jnp.all((again == theta_T) | (jnp.isnan(again) & jnp.isnan(theta_T)))):
             raise ValueError(
                 "train_fn is not deterministic: two runs from the same params0 differ (max "
-                f"abs difference {float(jnp.max(jnp.abs(again - theta_T))):.3g}). Fix the batch "
+                f"abs difference {float(jnp.nanmax(jnp.abs(again - theta_T))):.3g}). Fix the batch "
                 "order and all randomness (pass keys explicitly) so params_T depends only on "
                 "params0."
             )
@@ -293,4 +334,7 @@ def training_jacobian(
         reverse_fn=f_rev,
         unravel=unravel,
         train_fn=train_fn,
+        mask_flat=None
+        if mask is None
+        else (jax.tree_util.tree_structure(mask), tuple(jax.tree_util.tree_leaves(mask))),
     )
