@@ -20,6 +20,7 @@ from .core._operator import LinearOperator as LinearOperator
 from .core._operator import MatrixOperator as MatrixOperator
 from .core._operator import materialise as materialise
 from .core._train import TrainFn as TrainFn
+from .core._train import TrainState as TrainState
 from .core._train import full_batch_schedule as full_batch_schedule
 from .core._train import make_train_fn as make_train_fn
 from .core._train import minibatch_schedule as minibatch_schedule

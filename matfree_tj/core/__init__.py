@@ -19,6 +19,7 @@ from ._operator import MatrixOperator as MatrixOperator
 from ._operator import materialise as materialise
 from ._operator import products_cache_size as products_cache_size
 from ._train import TrainFn as TrainFn
+from ._train import TrainState as TrainState
 from ._train import full_batch_schedule as full_batch_schedule
 from ._train import make_train_fn as make_train_fn
 from ._train import minibatch_schedule as minibatch_schedule
