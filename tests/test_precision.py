@@ -147,6 +147,8 @@ def test_small_P_errors_name_what_was_passed():
         mtj.region_counts(op, key=jax.random.key(0), num_steps=6)
     with pytest.raises(ValueError, match="needs P >= 2"):
         mtj.singular_value_density(mtj.MatrixOperator(jnp.eye(1)), key=jax.random.key(0))
+    with pytest.raises(ValueError, match="use method='dense'"):
+        mtj.region_counts(mtj.MatrixOperator(jnp.eye(1)), key=jax.random.key(0))
 
 
 def _tiny_sigma_matrix(dtype):
@@ -183,3 +185,35 @@ def test_stable_end_float32_vs_float64(x64):
     assert abs(s64 - exact64[-1]) <= half64
     assert float(r64.residuals[0]) <= r64.atol  # the default floor 100 eps64 ||A|| = 2.2e-13
     assert half64 <= 1e-3 * 1e-9  # at least three digits of 1e-9
+
+
+def test_bf16_training_jacobian_top_values():
+    """The issue's second case: a training Jacobian of a loop run in bfloat16 (before: top
+    values ~80 times too large, one flagged converged). The reference is the same loop in
+    float32, the J the bfloat16 program approximates; its values lie inside the bfloat16
+    result's certified intervals (the products' rounding, sqrt(2) eps_bf16 ||J||, is part of
+    each residual)."""
+    import optax
+
+    X = jax.random.normal(jax.random.key(0), (32, 8))
+    y = jnp.sin(X[:, 0])
+
+    def init(dtype):
+        k1, k2 = jax.random.split(jax.random.key(1))
+        return {
+            "W1": (0.5 * jax.random.normal(k1, (8, 9))).astype(dtype),
+            "W2": (0.5 * jax.random.normal(k2, (9,))).astype(dtype),
+        }
+
+    def loss(p, batch):
+        Xb, yb = batch
+        h = jnp.tanh(Xb.astype(p["W1"].dtype) @ p["W1"])
+        return jnp.mean((h @ p["W2"] - yb.astype(h.dtype)) ** 2)
+
+    train_fn = mtj.make_train_fn(loss, optax.sgd(0.1), mtj.full_batch_schedule((X, y), 20))
+    ref = np.asarray(mtj.dense_svd(mtj.training_jacobian(train_fn, init(jnp.float32))).s)
+    J = mtj.training_jacobian(train_fn, init(jnp.bfloat16))
+    assert J.dtype == jnp.bfloat16
+    res = mtj.top_singular(J, 3, key=jax.random.key(0))
+    _assert_flags_honest(res, ref)
+    np.testing.assert_allclose(res.s, ref[:3], atol=4 * BF16_EPS * ref[0])

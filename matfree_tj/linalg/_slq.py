@@ -328,6 +328,10 @@ def region_counts(
         return c
     if method != "slq":
         raise ValueError(f"method must be 'slq' or 'dense', got {method!r}.")
+    if P < 2:
+        raise ValueError(
+            f"region_counts(method='slq') needs P >= 2 (use method='dense'), got P={P}."
+        )
     dens = singular_value_density(op, key=key, num_probes=num_probes, num_steps=num_steps, **opts)
     dens._check_resolution(lo, hi)
     regions = region_spans(lo, hi)
