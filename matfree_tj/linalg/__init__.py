@@ -6,7 +6,8 @@ solver names from this package, not from its private modules.
 Inside, one module per concept; imports only go downward (no cycles), each module's
 imports from this package in brackets::
 
-    _checks      input validation, run_guarded                              ()
+    _precision   working dtype (>= float32, Widened), products' precision  ()
+    _checks      input validation, run_guarded                              (_precision)
     _gkl         the Golub-Kahan-Lanczos half-steps (CGS2, breakdown) and
                  their traced (SLQ) and eager (restarted, any block) cycles  ()
     _restart     Ritz extraction, thick restarts                            (_gkl)

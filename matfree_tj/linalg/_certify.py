@@ -30,6 +30,7 @@ import numpy as np
 
 from ..core import AbstractOperator, Projected, Raised
 from ._checks import run_guarded
+from ._precision import product_eps, product_error
 from ._restart import default_keep
 from ._results import SingularTriplets, Status
 
@@ -76,7 +77,12 @@ def finalise(
 ):
     """Recompute residuals from the operator and set honest convergence flags.
 
-    ``atol`` defaults to ``atol_rel * eps * anorm`` (the rounding floor of the products). The
+    ``atol`` defaults to ``atol_rel * eps_p * anorm``, the rounding floor of the products, with
+    ``eps_p`` the epsilon of the precision the *products* are computed in
+    (:func:`~matfree_tj.linalg._precision.product_eps`), not of the solver's working dtype.
+    When the products are narrower than the working dtype (a bfloat16 operator), each residual
+    also carries the products' own rounding, ``sqrt(2) eps_p anorm`` (one product each way),
+    which the residual computed from them cannot see. The
     solver's own ``status`` is corrected by the flags: ``"converged"`` with an unflagged value
     becomes ``"max_products"``; any other status with every value flagged becomes
     ``"converged"``. Cost: ``2k`` products (``k = len(s)``). Returns a
@@ -89,9 +95,11 @@ def finalise(
     s_j = jnp.asarray(s, dtype)
     res = run_guarded(_true_residuals, op, U, V, s_j)
     num_products += 2 * int(s_j.shape[0])
+    eps_p = product_eps(op)
     if atol is None:
-        atol = atol_rel * float(jnp.finfo(dtype).eps) * float(anorm)
+        atol = atol_rel * eps_p * float(anorm)
     res_np = np.asarray(res, dtype=np.float64)
+    res_np = res_np + product_error(op, anorm)  # nonzero only for narrow products
     if not np.all(np.isfinite(res_np)):
         raise FloatingPointError("Residual products were not finite.")
     conv = res_np <= tol * np.abs(np.asarray(s, dtype=np.float64)) + atol

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core import AbstractOperator
+from ._precision import widen
 
 __all__ = [
     "check_operator",
@@ -28,6 +29,9 @@ __all__ = [
 
 
 def check_operator(op: Any, who: str, *, square: bool = False) -> AbstractOperator:
+    """``op`` checked, and seen in the solvers' working precision: a bfloat16 or float16
+    operator comes back wrapped (:class:`~matfree_tj.linalg._precision.Widened`), so that the
+    solver's own arithmetic runs in float32 (see :mod:`._precision`)."""
     if not isinstance(op, AbstractOperator):
         raise TypeError(
             f"{who}: expected a matfree_tj operator, got {type(op).__name__}. Wrap a dense "
@@ -41,7 +45,7 @@ def check_operator(op: Any, who: str, *, square: bool = False) -> AbstractOperat
             f"{who} needs a square operator (P x P, like a training Jacobian), "
             f"got shape {op.shape}."
         )
-    return op
+    return widen(op)
 
 
 def check_key(key: Any, who: str) -> jax.Array:

@@ -50,6 +50,7 @@ from ..core import AbstractOperator, Transposed
 from ._certify import finalise, find_missed
 from ._checks import check_common, check_int, check_tol, check_v0, run_guarded
 from ._gkl import gkl_cycle_eager, mm
+from ._precision import product_eps
 from ._randomized import randomized_svd
 from ._restart import default_keep, ritz, thick_restart
 from ._results import SingularTriplets, Status
@@ -83,7 +84,7 @@ def _lanczos_svd(
     dtype = op.dtype
     r = min(M, N)
     m = num_basis
-    eps = float(jnp.finfo(dtype).eps)
+    eps = product_eps(op)  # the products' precision sets the floor, not the working dtype
     k_start, k_loop = jax.random.split(key)
     seed0 = float(jax.random.uniform(k_loop, (), minval=0.0, maxval=100.0))
     if v0 is None:
@@ -210,7 +211,8 @@ def top_singular(
         ``"lanczos"`` or ``"randomized"``.
     tol, atol
         Relative and absolute residual tolerance (``atol`` defaults to
-        ``100 eps ||A||``, the floor set by rounding).
+        ``100 eps_p ||A||``, the floor set by rounding, with ``eps_p`` the machine epsilon
+        of the precision the *products* are computed in; see Notes).
     num_basis
         Krylov basis size ``m`` (default ``min(P, max(2k + 20, 40))``); memory
         ``(2m + 1) P`` numbers.
@@ -249,6 +251,22 @@ def top_singular(
 
     Cost: ``2 m`` products for the first cycle, ``2 (m - keep)`` per restart, ``2k`` for the
     residual check; ``O(P m)`` flops per step for the reorthogonalisation.
+
+    Notes
+    -----
+    Precision. The solver's own arithmetic (bases, Gram-Schmidt, Ritz extraction) runs in the
+    operator's dtype or float32, whichever is wider: a bfloat16 or float16 operator's products
+    get their input cast down and their result cast up, and the triplets come back in float32.
+    The tolerance floor follows the products, not the solver: ``eps_p`` is the largest machine
+    epsilon among the operator's dtype, the operators it wraps and the floating arrays it holds
+    (a float32 Jacobian of a loop with bfloat16 parameter leaves gets bfloat16's). When the
+    products are narrower than the solver, each residual includes their rounding,
+    :math:`\sqrt 2 \epsilon_p \|A\|`, so a flag never rests on accuracy the products lack;
+    with bfloat16 (:math:`\epsilon_p = 2^{-7}`) values are certified to about a percent of
+    :math:`\|A\|`. For a training Jacobian with float32 master weights and bfloat16 compute,
+    ``J`` is the derivative of the loop as JAX computes it, with respect to the float32
+    parameters, and its products are no more accurate than the bfloat16 passes (see
+    :mod:`matfree_tj.linalg._precision`).
 
     References
     ----------
@@ -429,12 +447,17 @@ def bottom_singular(
     restart. Working with :math:`A` itself (not :math:`A^T A`) resolves a small singular value
     to absolute accuracy about :math:`\epsilon \|A\|` instead of :math:`\sqrt{\epsilon}\|A\|`,
     so in float64 values near ``1e-9`` are found to about six digits once the Krylov space has
-    captured their singular subspace.
+    captured their singular subspace. In float32 they are not: products rounded to float32
+    carry about :math:`\epsilon_{32}\|A\| \approx 1.2 \cdot 10^{-7} \|A\|`, and a value
+    below that is certified only as lying in an interval that contains zero (measured on a
+    60 x 60 matrix with singular values 1e-9 and 1..10: float32 gives 4.7e-8 with residual
+    1.4e-6, float64 9.9999996e-10 with residual 4.0e-15; ``tests/test_precision.py``).
 
     The bottom end converges slowly: the rate is set by gaps relative to :math:`\|A\|^2` in
     :math:`A^T A`, tiny for a cluster of small values. The result is therefore flagged per
     value: ``converged[i]`` is set only if the residual recomputed from the operator satisfies
-    :math:`r_i \le tol \cdot s_i + atol` (``atol`` defaults to ``100 eps ||A||``), which
+    :math:`r_i \le tol \cdot s_i + atol` (``atol`` defaults to ``100 eps_p ||A||``, ``eps_p``
+    the epsilon of the products' precision, as in :func:`top_singular`), which
     guarantees an exact singular value within :math:`r_i/\sqrt 2` of ``s[i]``. Values flagged
     unconverged are upper estimates (Ritz values from a subspace interlace from above) and
     should not be trusted. A single-vector Krylov space can miss a value entirely (copies of a

@@ -35,6 +35,7 @@ from ..core import AbstractOperator
 from ._certify import finalise
 from ._checks import check_common, check_int, check_tol, run_guarded
 from ._gkl import mm
+from ._precision import product_eps
 from ._results import SingularTriplets, Status
 
 __all__ = ["randomized_svd"]
@@ -95,7 +96,10 @@ def randomized_svd(
         PRNG key for the Gaussian test matrices (required).
     tol, atol
         Residual tolerance for the convergence flags (``r_i <= tol s_i + atol``, ``r_i``
-        recomputed from the operator) and, in adaptive mode, for stopping.
+        recomputed from the operator) and, in adaptive mode, for stopping. ``atol`` defaults
+        to ``100 eps_p ||A||`` with ``eps_p`` the epsilon of the products' precision; a
+        bfloat16 operator runs in float32 (its QR and SVD included), as in
+        :func:`~matfree_tj.top_singular`.
     oversample
         Extra columns ``p`` (``l = k + p``; HMT recommend 5-10). Default
         ``min(10, min(M, N) - k)``.
@@ -158,7 +162,7 @@ def randomized_svd(
     if max_products is None:
         max_products = 10**12
     max_products = check_int("max_products", max_products, 1, 10**12)
-    eps = float(jnp.finfo(dtype).eps)
+    eps = product_eps(op)  # the products' precision sets the floor, not the working dtype
 
     Q = jnp.zeros((M, L + b), dtype)  # + b: room for a last partial block
     Bt = jnp.zeros((N, L + b), dtype)

@@ -34,6 +34,7 @@ ICML (2021).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import equinox as eqx
@@ -45,7 +46,8 @@ from ..core import AbstractOperator, Projected
 from ._checks import check_int, check_key, check_operator, run_guarded
 from ._dense import dense_svd
 from ._gkl import gkl_cycle
-from ._quadrature import SpectralDensity, probe_stderr, region_spans
+from ._precision import product_error
+from ._quadrature import ResolutionWarning, SpectralDensity, probe_stderr, region_spans
 from ._results import RegionCounts, RegionStderr
 
 __all__ = ["singular_value_density", "region_counts"]
@@ -101,7 +103,7 @@ def singular_value_density(
     *,
     key: jax.Array | None = None,
     num_probes: int = 20,
-    num_steps: int = 80,
+    num_steps: int | None = None,
     probes: str = "rademacher",
     probe_batch: int | None = None,
     deflate: Any = None,
@@ -118,7 +120,8 @@ def singular_value_density(
         Number of random probes ``n_p`` (>= 2 for a standard error); the standard error of a
         count falls like :math:`1/\sqrt{n_p}`.
     num_steps
-        Lanczos steps ``m`` per probe, ``2 <= m <= P``: the quadrature has ``m`` nodes and
+        Lanczos steps ``m`` per probe, ``2 <= m <= P`` (default ``min(80, P)``: at ``P`` steps
+        the Krylov space is complete and the quadrature exact): the quadrature has ``m`` nodes and
         resolves features of width about :math:`\pi \sigma_{max} / (2m)` (see
         :attr:`SpectralDensity.resolution`; narrower counts warn).
     probes
@@ -139,6 +142,10 @@ def singular_value_density(
         ``nodes`` and ``weights`` (``(n_p, m)``), ``count(lo, hi) -> (estimate, stderr)``,
         ``density(grid)``, ``num_products``.
 
+    A bfloat16 or float16 operator runs in float32 (its products cast in and out); its nodes
+    are then accurate only to about :math:`\sqrt 2 \epsilon_p \|A\|` (``eps_p`` its machine
+    epsilon), which :func:`region_counts` adds to its guaranteed ranges.
+
     Cost: ``2 m n_p`` products (one ``mv`` and one ``rmv`` per step); ``O(P m^2 n_p)`` flops
     of reorthogonalisation; memory ``(2m + 1) P`` per probe in a batch.
 
@@ -158,7 +165,11 @@ def singular_value_density(
     op = check_operator(op, "singular_value_density", square=True)
     key = check_key(key, "singular_value_density")
     P = op.shape[0]
+    if P < 2:
+        raise ValueError(f"singular_value_density needs P >= 2, got shape {op.shape}.")
     num_probes = check_int("num_probes", num_probes, 1, 10**6)
+    if num_steps is None:  # adapt to small P rather than fail on an argument never passed
+        num_steps = min(80, P)
     num_steps = check_int("num_steps", num_steps, 2, P, "P")
     if probe_batch is None:
         per_probe = (2 * num_steps + 1) * P * jnp.dtype(op.dtype).itemsize
@@ -236,7 +247,7 @@ def region_counts(
     hi: float = 1.1,
     method: str = "slq",
     num_probes: int = 20,
-    num_steps: int = 80,
+    num_steps: int | None = None,
     **opts: Any,
 ) -> RegionCounts:
     r"""Count singular values in the chaotic, bulk and stable regions (Belrose & Scherlis 2024).
@@ -260,7 +271,8 @@ def region_counts(
     method
         ``"slq"`` or ``"dense"``.
     num_probes, num_steps, **opts
-        Passed to :func:`singular_value_density` (``probes``, ``probe_batch``).
+        Passed to :func:`singular_value_density` (``probes``, ``probe_batch``); ``num_steps``
+        defaults to ``min(80, P)``.
 
     Returns
     -------
@@ -272,6 +284,12 @@ def region_counts(
         cannot exceed them), ``interval(name)`` (bounds widened by a 95% Student-t multiple
         of the stderr), ``alignment`` (mean ``cos(u_i, v_i)`` per region with its stderr,
         from the same quadrature; dense: ``None``), ``to_dict()``.
+
+    Products narrower than float32 (a bfloat16 operator, or one holding bfloat16 data): the
+    nodes are those of an operator within about :math:`\delta = \sqrt 2 \epsilon_p \|A\|`
+    of ``A``, so by Weyl's inequality ``bounds`` take their lower end on ``[lo + delta,
+    hi - delta]`` and their upper end on ``[lo - delta, hi + delta]``; a bulk narrower than
+    ``2 delta`` warns (:class:`~matfree_tj.ResolutionWarning`) and its range reaches zero.
 
     Cost (slq): ``2 num_steps num_probes`` products.
 
@@ -310,6 +328,10 @@ def region_counts(
         return c
     if method != "slq":
         raise ValueError(f"method must be 'slq' or 'dense', got {method!r}.")
+    if P < 2:
+        raise ValueError(
+            f"region_counts(method='slq') needs P >= 2 (use method='dense'), got P={P}."
+        )
     dens = singular_value_density(op, key=key, num_probes=num_probes, num_steps=num_steps, **opts)
     dens._check_resolution(lo, hi)
     regions = region_spans(lo, hi)
@@ -327,9 +349,26 @@ def region_counts(
                 ("chaotic", "bulk", "stable"), (chaotic, bulk, stable), halves, strict=True
             )
         }
+    # Narrow (bfloat16) products: the nodes are those of an operator within about
+    # delta = sqrt(2) eps_p ||A|| of A (each product rounded on its way in and out), and by
+    # Weyl's inequality every singular value moves by at most that much; so the guaranteed
+    # range of a count takes its lower end on the interval shrunk by delta and its upper end
+    # on the interval grown by delta. Products in the working precision: delta = 0.
+    delta = product_error(op, dens.sigma_max)
+    if delta > 0 and hi - lo <= 2 * delta:
+        warnings.warn(
+            f"The operator's products are computed in a narrow precision (rounding "
+            f"~{delta:.3g} on the singular values): the bulk [{lo:.4g}, {hi:.4g}] is not "
+            "resolved, and its range says so. Compute the products in float32 or wider.",
+            ResolutionWarning,
+            stacklevel=2,
+        )
     bounds, bounds_stderr, alignment = {}, {}, {}
     for name, a, b, c in regions:
         lower, upper = dens.per_probe_bounds(a, b, closed=c)
+        if delta > 0:
+            lower = dens.per_probe_bounds(a + delta, b - delta, closed=c)[0]
+            upper = dens.per_probe_bounds(a - delta, b + delta, closed=c)[1]
         bounds[name] = (float(np.mean(lower)), float(np.mean(upper)))
         bounds_stderr[name] = (probe_stderr(lower), probe_stderr(upper))
         alignment[name] = dens.alignment(a, b, closed=c)
