@@ -508,9 +508,9 @@ def transformer(
     num_layers: int = 2,
     num_heads: int = 4,
     train_fraction: float = 0.5,
-    num_steps: int = 200,
+    num_steps: int = 1000,
     batch_size: int = 128,
-    learning_rate: float = 1e-3,
+    learning_rate: float = 3e-3,
     warmup_steps: int | None = None,
     weight_decay: float = 0.1,
     dropout: float = 0.1,
@@ -542,7 +542,10 @@ def transformer(
     train_fraction
         Fraction of the ``p^2`` pairs used for training.
     num_steps, batch_size
-        Optimizer steps (each product of J costs one pass over them) and batch size.
+        Optimizer steps (each product of J costs one pass over them) and batch size. The
+        default 1000 steps reach 95% training and 74% test accuracy at seed 0 (200 steps
+        leave both near chance: modular addition is learnt late); for cheaper products wrap
+        this function with fewer steps (``--problem mymodule:function`` on the CLI).
     learning_rate, warmup_steps, weight_decay
         Peak learning rate, linear warmup (default 10% of the steps), AdamW's decoupled decay.
     dropout
