@@ -1,8 +1,10 @@
 r"""Command line: ``matfree-tj spectrum`` and ``matfree-tj study`` (also ``python -m matfree_tj``).
 
-``spectrum`` measures the singular-value regions of a digits MLP's training Jacobian (the paper's
-reference model by default), matrix-free by default, and prints ``region | count | stderr`` and the
-top singular values; ``--json`` writes every number, ``--out`` gets a PNG of the values.
+``spectrum`` measures the singular-value regions of a training Jacobian (the paper's reference
+digits MLP by default; ``--problem`` takes a built-in example by name or any ``module:function``
+returning ``.train_fn`` and ``.params0``), matrix-free by default, and prints
+``region | count | stderr`` and the top singular values; ``--json`` writes every number, ``--out``
+gets a PNG of the values.
 ``study`` runs the eight experiments of Belrose & Scherlis (2024) into ``--out``: ``study.json``,
 PNG figures and ``summary.md``. ``--quick`` uses a tiny model and few probes (seconds).
 """
@@ -10,7 +12,10 @@ PNG figures and ``summary.md``. ``--quick`` uses a tiny model and few probes (se
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import json
+import math
 import os
 import sys
 import time
@@ -37,7 +42,32 @@ _positive_int = _int_at_least(1, "a positive integer")
 _nonnegative_int = _int_at_least(0, "an integer >= 0")
 
 
+def _finite_float(text: str) -> float:
+    """An argparse type: a finite number (``inf`` and ``nan`` parse as floats but are no bound)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+# Built-in problems by name (``--problem NAME`` or ``--problem matfree_tj.examples:NAME``).
+BUILTIN_PROBLEMS = ("digits_mlp", "lenet5_digits", "transformer")
+_EXAMPLES_MODULES = ("matfree_tj.examples", "matfree_tj.app.examples")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--problem",
+        default=None,
+        metavar="NAME|MODULE:FUNCTION",
+        help="the training run: a built-in example (digits_mlp, the default; lenet5_digits, "
+        "P = 61,706; transformer) or MODULE:FUNCTION, imported with the current folder on the "
+        "path, where FUNCTION() returns an object with .train_fn and .params0 or a "
+        "(train_fn, params0) tuple (it is passed seed=, dtype= and quick= if it takes them)",
+    )
     p.add_argument(
         "--hidden",
         type=_positive_int,
@@ -47,8 +77,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--optimizer",
         choices=("sgd", "adam"),
-        default="sgd",
-        help="sgd: momentum 0.9, cosine from 0.1 (reference); adam: cosine from 3e-3",
+        default=None,
+        help="digits MLP: sgd (default): momentum 0.9, cosine from 0.1 (reference); "
+        "adam: cosine from 3e-3",
     )
     p.add_argument(
         "--seed", type=_nonnegative_int, default=0, help="initialisation seed (default 0)"
@@ -56,11 +87,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dtype",
         choices=("float32", "float64"),
-        default="float32",
-        help="parameter dtype (default float32, as the paper)",
+        default=None,
+        help="dtype of the parameters, training and products (default float32 for the built-in "
+        "examples, as the paper; a MODULE:FUNCTION problem keeps its own); float64 enables JAX's "
+        "x64 mode before anything is built",
     )
-    p.add_argument("--lo", type=float, default=0.9, help="stable/bulk boundary (default 0.9)")
-    p.add_argument("--hi", type=float, default=1.1, help="bulk/chaotic boundary (default 1.1)")
+    p.add_argument(
+        "--lo", type=_finite_float, default=0.9, help="stable/bulk boundary (default 0.9)"
+    )
+    p.add_argument(
+        "--hi", type=_finite_float, default=1.1, help="bulk/chaotic boundary (default 1.1)"
+    )
     p.add_argument(
         "--num-probes",
         type=_positive_int,
@@ -77,7 +114,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="tiny model (hidden 8, 128 examples, 2 epochs) and few probes: seconds",
+        help="tiny model (digits MLP: hidden 8, 128 examples, 2 epochs; a problem taking "
+        "quick= gets quick=True) and few probes: seconds",
     )
     p.add_argument(
         "--out",
@@ -99,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         "spectrum",
         help="region counts (chaotic/bulk/stable) and top singular values",
         description="Region counts with error bars and the top singular values of "
-        "a digits MLP's training Jacobian.",
+        "a training Jacobian (the digits MLP, a built-in example or your own --problem).",
     )
     _common(sp)
     sp.add_argument(
@@ -179,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     st.add_argument(
         "--tol",
-        type=float,
+        type=_finite_float,
         default=None,
         help="relative residual tolerance of the triplet solves (default: the solver's)",
     )
@@ -208,13 +246,156 @@ def _log(args):
 
 
 def _setup(args, parser) -> None:
-    if not 0.0 <= args.lo <= 1.0 <= args.hi:
-        parser.error(f"expected 0 <= --lo <= 1 <= --hi, got --lo {args.lo} --hi {args.hi}")
+    """Check every option that needs no model, then enable x64 if asked (before any build)."""
+    if not (0.0 <= args.lo <= 1.0 <= args.hi and args.lo < args.hi):
+        parser.error(
+            f"expected 0 <= --lo <= 1 <= --hi and --lo < --hi, got --lo {args.lo} --hi {args.hi}"
+        )
+    if getattr(args, "tol", None) is not None and not 0.0 < args.tol < 1.0:
+        parser.error(f"expected 0 < --tol < 1, got --tol {args.tol}")
+    if args.command == "study" and args.num_seeds < 2:
+        parser.error(f"--num-seeds must be >= 2, got {args.num_seeds}")
+    _check_problem_options(args, parser)
     _check_outputs(args, parser)
     if args.dtype == "float64":
         import jax
 
         jax.config.update("jax_enable_x64", True)
+
+
+def _problem_name(args) -> str:
+    """``digits_mlp``, another built-in's name, or ``module:function`` as given."""
+    spec = args.problem or "digits_mlp"
+    module, sep, name = spec.partition(":")
+    if sep and module in _EXAMPLES_MODULES and name in BUILTIN_PROBLEMS:
+        return name
+    return spec
+
+
+def _check_problem_options(args, parser) -> None:
+    """Options that belong to the digits MLP, and study's needs, against ``--problem``."""
+    name = _problem_name(args)
+    if name != "digits_mlp":
+        given = [o for o, v in (("--hidden", args.hidden), ("--optimizer", args.optimizer)) if v]
+        if given:
+            parser.error(
+                f"{' and '.join(given)} only apply to the digits MLP, not to "
+                f"--problem {args.problem}: set the model's options in its function"
+            )
+    if args.command == "study" and name != "digits_mlp":
+        parser.error(
+            f"--problem {args.problem}: study retrains the digits MLP with other seeds, shuffled "
+            "labels and noise inputs, which a given problem cannot provide; use "
+            f"`matfree-tj spectrum --problem {args.problem}`"
+        )
+    if ":" not in name and name not in BUILTIN_PROBLEMS:
+        parser.error(
+            f"--problem {args.problem}: not a built-in example ({', '.join(BUILTIN_PROBLEMS)}); "
+            "for your own model give MODULE:FUNCTION"
+        )
+
+
+def _load_problem(spec: str, parser):
+    """The function named by ``spec`` (a built-in name or ``module:function``), imported the way
+    ``python -m`` imports: the current folder first on ``sys.path``."""
+    if ":" not in spec:
+        from . import examples
+
+        return getattr(examples, spec)
+    module_name, _, fn_name = spec.partition(":")
+    if module_name in _EXAMPLES_MODULES:
+        module_name = "matfree_tj.app.examples"  # matfree_tj.examples is a lazy attribute
+    if not module_name or not fn_name:
+        parser.error(f"--problem {spec}: expected MODULE:FUNCTION, e.g. mymodel:build")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        parser.error(
+            f"--problem {spec}: cannot import {module_name!r} ({e}); run from the folder that "
+            "holds it or add that folder to PYTHONPATH"
+        )
+    except Exception as e:  # the module itself failed: say where, in one line
+        parser.error(
+            f"--problem {spec}: importing {module_name!r} raised {type(e).__name__}: {e}; "
+            "fix the module (run `python -c 'import " + module_name + "'` for the traceback)"
+        )
+    fn = getattr(module, fn_name, None)
+    if fn is None:
+        parser.error(
+            f"--problem {spec}: module {module_name!r} has no attribute {fn_name!r}; "
+            "name a function that returns the training run"
+        )
+    if not callable(fn):
+        parser.error(f"--problem {spec}: {fn_name!r} is not callable; name a function")
+    return fn
+
+
+def _build_problem(args, parser):
+    """``(model, label)`` for ``--problem``: ``model`` has ``train_fn``, ``params0``, ``num_params``
+    and ``config`` (a dict); ``label`` names the run in the output."""
+    import types
+
+    import jax
+    import jax.numpy as jnp
+
+    spec, name = args.problem, _problem_name(args)
+    fn = _load_problem(name, parser)
+    offered = {"seed": args.seed, "quick": args.quick}
+    if args.dtype is not None or ":" not in name:
+        offered["dtype"] = jnp.dtype(args.dtype or "float32")
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins without a signature: offer nothing
+        params = {}
+    kwargs = {k: v for k, v in offered.items() if k in params}
+    if not args.quick:
+        kwargs.pop("quick", None)
+    try:
+        inspect.signature(fn).bind(**kwargs)
+    except TypeError as e:
+        parser.error(
+            f"--problem {spec}: cannot call {name}() ({e}); give its other parameters defaults"
+        )
+    except ValueError:
+        pass
+    run = fn(**kwargs)
+    if isinstance(run, tuple | list) and len(run) == 2:
+        train_fn, params0 = run
+        config = {}
+    elif hasattr(run, "train_fn") and hasattr(run, "params0"):
+        train_fn, params0 = run.train_fn, run.params0
+        config = dict(getattr(run, "config", None) or {})
+    else:
+        parser.error(
+            f"--problem {spec}: {name}() returned a {type(run).__name__} without .train_fn and "
+            ".params0; return an object with both (like matfree_tj.examples.digits_mlp()) or a "
+            "(train_fn, params0) tuple"
+        )
+    if not callable(train_fn):
+        parser.error(
+            f"--problem {spec}: train_fn is a {type(train_fn).__name__}, not a function "
+            "params0 -> params_T (see matfree_tj.make_train_fn)"
+        )
+    leaves = [x for x in jax.tree_util.tree_leaves(params0) if hasattr(x, "dtype")]
+    floats = [x for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)]
+    if not floats:
+        parser.error(f"--problem {spec}: params0 has no floating-point array; nothing to train")
+    dtypes = sorted({jnp.dtype(x.dtype).name for x in floats})
+    if args.dtype is not None and dtypes != [args.dtype]:
+        parser.error(
+            f"--problem {spec}: --dtype {args.dtype} asked, but params0 is {', '.join(dtypes)}; "
+            f"give {name} a dtype= parameter (the CLI passes it) or build in {args.dtype}"
+        )
+    config.setdefault("problem", spec)
+    config.setdefault("dtype", dtypes[0] if len(dtypes) == 1 else dtypes)
+    num_params = int(sum(x.size for x in floats))
+    model = types.SimpleNamespace(
+        train_fn=train_fn, params0=params0, num_params=num_params, config=config
+    )
+    return model, name
 
 
 def _check_outputs(args, parser) -> None:
@@ -243,15 +424,39 @@ def _study_config(args, **extra):
 
     return StudyConfig(
         hidden=args.hidden,
-        optimizer=args.optimizer,
+        optimizer=args.optimizer or "sgd",
         seed=args.seed,
         backend=args.backend,
         quick=args.quick,
-        dtype=args.dtype,
+        dtype=args.dtype or "float32",
         num_probes=args.num_probes,
         num_steps=args.num_steps,
         **extra,
     )
+
+
+def _check_sizes(args, cfg, P: int, parser) -> None:
+    """Options that need P, checked once the model is built and before it is trained."""
+    top_max = P if args.backend == "dense" else P - 1
+    if args.num_top > top_max:
+        parser.error(
+            f"--num-top must be <= {top_max} for backend {args.backend}, got {args.num_top}"
+        )
+    if args.backend == "dense":
+        return
+    if cfg.num_steps is not None and cfg.num_steps > P:
+        parser.error(f"--num-steps: expected 2 <= num_steps <= P = {P}, got {cfg.num_steps}")
+    if args.max_products is not None:
+        deflate = args.num_deflate
+        if deflate is None:
+            deflate = min(150, max(args.num_top, P // 32))
+        need = 16 * max(args.num_top, min(deflate, P - 2), 1)
+        if args.max_products < need:
+            parser.error(
+                f"--max-products {args.max_products} is too small for the top "
+                f"{max(args.num_top, deflate)} triplets and a quadrature; allow at least {need} "
+                "(or lower --num-deflate)"
+            )
 
 
 def _spectrum(args, parser) -> int:
@@ -264,16 +469,20 @@ def _spectrum(args, parser) -> int:
     log = _log(args)
     cfg = _study_config(args).resolved()
     t0 = time.perf_counter()
-    model = build_model(cfg)
+    if _problem_name(args) == "digits_mlp":
+        model = build_model(cfg)
+        label = f"the digits MLP (hidden={cfg.hidden}, {cfg.optimizer}, seed={cfg.seed})"
+        what = f"digits MLP hidden={cfg.hidden} optimizer={cfg.optimizer} seed={cfg.seed}"
+    else:
+        model, label = _build_problem(args, parser)
+        what = label
     P = model.num_params
-    top_max = P if args.backend == "dense" else P - 1
-    if args.num_top > top_max:
-        parser.error(
-            f"--num-top must be <= {top_max} for backend {args.backend}, got {args.num_top}"
-        )
+    _check_sizes(args, cfg, P, parser)
+    steps_t = model.config.get("num_steps")
     log(
-        f"digits MLP hidden={cfg.hidden} optimizer={cfg.optimizer} seed={cfg.seed}: P={P}, "
-        f"T={model.config['num_steps']} steps; building the training Jacobian"
+        f"{what}: P={P}"
+        + (f", T={steps_t} steps" if steps_t is not None else "")
+        + "; building the training Jacobian"
     )
     cache = {} if args.cache == "auto" else dict(forward="jvp", cache_reverse=False)
     J = training_jacobian(model.train_fn, model.params0, checkpoint=args.checkpoint, **cache)
@@ -302,10 +511,7 @@ def _spectrum(args, parser) -> int:
     seconds = time.perf_counter() - t0
     log(f"done in {seconds:.1f}s")
 
-    print(
-        f"training Jacobian of the digits MLP (hidden={cfg.hidden}, {cfg.optimizer}, "
-        f"seed={cfg.seed}): P = {P}, backend = {args.backend}"
-    )
+    print(f"training Jacobian of {label}: P = {P}, backend = {args.backend}, dtype = {J.dtype}")
     print(f"{'region':<8} | {'count':>10} | {'stderr':>8} | {'95% range':>26}")
     print(f"{'-' * 8}-+-{'-' * 10}-+-{'-' * 8}-+-{'-' * 26}")
     where = {
@@ -350,6 +556,8 @@ def _spectrum(args, parser) -> int:
     doc = summ.to_dict(include_all_values=True)  # dense: all P values; matrix-free: top only
     doc.update(
         seconds=seconds,
+        problem=_problem_name(args),
+        dtype=str(J.dtype),
         model=model.config,
         environment=environment(),
         products={"cached": J.cached, "checkpoint": args.checkpoint},
@@ -426,8 +634,6 @@ def _study(args, parser) -> int:
         max_products=args.max_products,
         tol=args.tol,
     )
-    if cfg.num_seeds < 2:
-        parser.error(f"--num-seeds must be >= 2, got {cfg.num_seeds}")
     progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     results = run_study(cfg, key=jax.random.key(args.seed), progress=progress)
     paths = write_report(results, args.out)
