@@ -336,3 +336,24 @@ def test_integer_leaf_error_points_to_model_state():
     loss = lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2)  # noqa: E731
     with pytest.raises(TypeError, match=r"model_state=s0"):
         mtj.training_jacobian(mtj.make_train_fn(loss, optax.sgd(0.1), b), p0)
+
+
+def test_analyses_on_a_masked_jacobian(x64):
+    # the perturbation analysis retrains on J's own variables (the trainable leaves): its
+    # linear response is J v; restricted training refuses a mask instead of projecting the
+    # frozen leaves too
+    from matfree_tj import analysis as an
+
+    X, y = data()
+    p0 = params()
+    loss = lambda p, b: jnp.mean((jnp.tanh(b[0] @ p["w"] + p["b"]) - b[1]) ** 2) / 2  # noqa: E731
+    batches = mtj.full_batch_schedule((X, y), T)
+    train = mtj.make_train_fn(loss, optax.sgd(0.1), batches, trainable={"w": True, "b": False})
+    J = mtj.training_jacobian(train, p0)
+    v = np.array([1.0, -2.0, 0.5]) / np.linalg.norm([1.0, -2.0, 0.5])
+    resp = an.perturbation_response(J, v, eps=[1e-6, 1e-5])
+    # second-order remainder: |delta - eps J v| = O(eps^2) against eps sigma
+    assert np.all(np.asarray(resp.linearisation_error) < 1e-3)
+    np.testing.assert_allclose(resp.projection, resp.expected, rtol=1e-4)
+    with pytest.raises(ValueError, match="trainable"):
+        an.restricted_training(J, {"b": np.eye(3)}, [1], eval_fn=lambda p: jnp.sum(p["w"]))

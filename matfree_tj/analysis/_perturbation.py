@@ -12,11 +12,9 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from ._common import _np, model_inputs
 
@@ -125,12 +123,9 @@ class OutputSensitivity:
 
 
 def _flat_train(J: Any) -> Callable:
-    train_fn, unravel = J.train_fn, J.unravel
-
-    def f(theta):
-        return ravel_pytree(eqx.filter(train_fn(unravel(theta)), eqx.is_array))[0]
-
-    return jax.jit(f)
+    """The training run on J's own flat variables (the trainable leaves, with a mask; the
+    frozen ones fixed at params0), returning J's flat output: the map J is the Jacobian of."""
+    return jax.jit(J.forward_fn)
 
 
 def perturbation_response(

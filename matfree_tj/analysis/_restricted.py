@@ -170,6 +170,18 @@ def restricted_training(
             "restricted_training needs loss_fn, optimizer and batches (given, or from "
             "a J.train_fn built by matfree_tj.make_train_fn)."
         )
+    if getattr(tf, "trainable", None) is not None:
+        raise ValueError(
+            "restricted_training: J.train_fn trains a subset of the parameters (trainable=); "
+            "confining the optimizer to a subspace of that subset is not supported yet. Build "
+            "J from a train_fn without trainable= to use restricted_training."
+        )
+    # the run's other options (model state, per-step keys, another output) carry over as they are
+    run_opts = {
+        name: getattr(tf, name)
+        for name in ("model_state", "key", "output")
+        if getattr(tf, name, None) is not None
+    }
     theta0, unravel, dt = J.params0_flat, J.unravel, J.dtype
     bad = [k for k in ks if not _is_int(k) or k < 1]
     if bad:
@@ -187,7 +199,7 @@ def restricted_training(
             return unflatten(jnp.matmul(B, coef, precision=_HI).astype(flat.dtype))
 
         confined = _confined(optimizer, project)
-        return eval_fn(make_train_fn(loss_fn, confined, batches)(unravel(theta0)))
+        return eval_fn(make_train_fn(loss_fn, confined, batches, **run_opts)(unravel(theta0)))
 
     evals: dict = {}
     P = theta0.shape[0]
