@@ -527,9 +527,8 @@ def transformer(
     weight_decay=weight_decay, eps_root=1e-8))`` on minibatches reshuffled each epoch.
 
     Dropout is per-step randomness that is part of the training run: the key of step ``t`` is
-    ``jax.random.fold_in(jax.random.key(seed + 1), t)``, carried in the batch schedule (the
-    batches' third leaf holds the key data), so ``train_fn`` stays a deterministic function of
-    ``params0`` and J includes every dropout mask.
+    ``jax.random.fold_in(jax.random.key(seed + 1), t)`` (``make_train_fn(..., key=)``), so
+    ``train_fn`` stays a deterministic function of ``params0`` and J includes every dropout mask.
 
     Parameters
     ----------
@@ -593,10 +592,6 @@ def transformer(
     )
     batches = tuple(x[: int(num_steps)] for x in sched)
     T = int(batches[0].shape[0])
-    step_keys = jax.vmap(
-        lambda t: jax.random.key_data(jax.random.fold_in(jax.random.key(seed + 1), t))
-    )(jnp.arange(T))
-    batches = (*batches, step_keys)
 
     warmup = max(1, T // 10) if warmup_steps is None else int(warmup_steps)
     schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup, max(T, warmup + 1))
@@ -611,14 +606,15 @@ def transformer(
     def apply(params, x):
         return transformer_apply(params, x, num_heads=num_heads)
 
-    def loss_fn(params, batch):
-        x, y, key_data = batch
-        logits = transformer_apply(
-            params, x, num_heads=num_heads, dropout=dropout, key=jax.random.wrap_key_data(key_data)
-        )
+    def loss_fn(params, batch, *, key):
+        x, y = batch
+        logits = transformer_apply(params, x, num_heads=num_heads, dropout=dropout, key=key)
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
 
-    train_fn = make_train_fn(loss_fn, opt, batches, checkpoint=checkpoint)
+    # per-step randomness: step t draws its dropout masks from fold_in(key(seed + 1), t)
+    train_fn = make_train_fn(
+        loss_fn, opt, batches, checkpoint=checkpoint, key=jax.random.key(seed + 1)
+    )
     config = dict(
         model="transformer",
         seed=int(seed),
