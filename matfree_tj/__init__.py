@@ -15,6 +15,7 @@ from .core._derived import gram as gram
 from .core._derived import transpose as transpose
 from .core._jacobian import TrainingJacobian as TrainingJacobian
 from .core._jacobian import training_jacobian as training_jacobian
+from .core._memory import MemoryBudgetError as MemoryBudgetError
 from .core._operator import AbstractOperator as AbstractOperator
 from .core._operator import LinearOperator as LinearOperator
 from .core._operator import MatrixOperator as MatrixOperator

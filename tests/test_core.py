@@ -486,3 +486,25 @@ def test_checkpoint_needs_make_train_fn():
         mtj.training_jacobian(lambda p: 2 * p, jnp.ones(3), checkpoint="sqrt")
     with pytest.raises(ValueError, match="checkpoint must be one of"):
         mtj.training_jacobian(lambda p: 2 * p, jnp.ones(3), checkpoint="bogus")
+
+
+# ---------------------------------------------------------------- memory guard -------------
+def test_dense_refused_before_allocation_when_it_cannot_fit():
+    # P = 10^6: a dense float32 J is 4 TB. Both routes refuse at once with the estimate, the
+    # memory available and the matrix-free alternative, before any allocation or product.
+    P = 10**6
+    op = mtj.LinearOperator(lambda v: v, lambda u: u, (P, P), jnp.float32)
+    op = mtj.add_identity(op, 0.0)  # a derived operator goes through the same guard
+    for call in (op.to_dense, lambda: mtj.dense_svd(op), lambda: mtj.materialise(op)):
+        with pytest.raises(
+            mtj.MemoryBudgetError,
+            match=r"needs about (4\d{3}|\d{5,})\.\d GB, .* available.*matrix-free",
+        ):
+            call()
+    assert issubclass(mtj.MemoryBudgetError, MemoryError)
+    # an explicit budget: a 1000 x 1000 SVD with vectors (~40 MB) refused under 1 MB
+    from matfree_tj.core import check_fits
+
+    with pytest.raises(mtj.MemoryBudgetError, match="dense J"):
+        check_fits(40 * 10**6, "dense J", limit=10**6)
+    check_fits(40 * 10**6, "dense J", limit=10**9)  # fits: no error

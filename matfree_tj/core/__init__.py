@@ -13,6 +13,8 @@ from ._derived import gram as gram
 from ._derived import transpose as transpose
 from ._jacobian import TrainingJacobian as TrainingJacobian
 from ._jacobian import training_jacobian as training_jacobian
+from ._memory import MemoryBudgetError as MemoryBudgetError
+from ._memory import check_fits as check_fits
 from ._operator import AbstractOperator as AbstractOperator
 from ._operator import LinearOperator as LinearOperator
 from ._operator import MatrixOperator as MatrixOperator

@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from ._memory import check_fits
+
 __all__ = [
     "AbstractOperator",
     "LinearOperator",
@@ -449,8 +451,18 @@ def materialise(op: AbstractOperator) -> jax.Array:
     """Dense ``(m, n)`` matrix of ``op``, built column chunk by column chunk (forward mode).
 
     Costs ``n`` products; compiled once per operator structure (the operator is an argument).
+    Refuses (:class:`~matfree_tj.core.MemoryBudgetError`, nothing allocated) when the
+    ``m n`` numbers would not fit in the memory available.
     """
     if isinstance(op, MatrixOperator):
         return op.A
+    m, n = op.shape
+    itemsize = jnp.dtype(op.dtype).itemsize
+    # the matrix plus one chunk of unit vectors and their images, before anything is allocated
+    check_fits(
+        (m * n + op.chunk_size * (m + n)) * itemsize,
+        f"to_dense() of a {m} x {n} {jnp.dtype(op.dtype).name} operator",
+        device=jax.devices()[0],
+    )
     A = _materialise_jit(op)
     return _finite_or_raise(A, "to_dense") if op.check_finite else A

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import scipy.linalg
 
-from ..core import AbstractOperator
+from ..core import AbstractOperator, check_fits
 from ._results import SingularTriplets, Status
 
 __all__ = ["dense_svd"]
@@ -40,6 +40,20 @@ def _triplets(s, U, V, shape, dtype, num_products) -> SingularTriplets:
         tol=0.0,
         atol=bound,
         anorm=s_max,
+    )
+
+
+def _check_memory(m: int, n: int, op_dtype: Any, itemsize: int, vectors: bool) -> None:
+    """Refuse, before materialising anything, an SVD whose memory will not fit: the operator's
+    dense matrix (if it has to be materialised), its copy in the factorisation dtype, LAPACK's
+    working copy, and ``U``, ``V^T`` and workspace of order ``k^2`` (``k = min(m, n)``)."""
+    k = min(m, n)
+    dense = m * n * np.dtype(op_dtype).itemsize if op_dtype else 0
+    factor = 2 * m * n + ((m + n) * k + 4 * k * k if vectors else 4 * k * k)
+    check_fits(
+        dense + factor * itemsize,
+        f"dense_svd of a {m} x {n} matrix" + (" with vectors" if vectors else ""),
+        device=jax.devices()[0],
     )
 
 
@@ -96,6 +110,9 @@ def dense_svd(
     ('dense', 'all', True, True)
     """
     is_op = isinstance(op, AbstractOperator)
+    if is_op or np.ndim(op) == 2:  # anything else is refused below as "not a matrix"
+        m, n = tuple(op.shape) if is_op else np.shape(op)
+        _check_memory(m, n, op.dtype if is_op else None, np.dtype(dtype).itemsize, compute_vectors)
     A = op.to_dense() if is_op else op
     A = np.asarray(jax.device_get(A), dtype=dtype)
     if A.ndim != 2:
