@@ -508,3 +508,24 @@ def test_dense_refused_before_allocation_when_it_cannot_fit():
     with pytest.raises(mtj.MemoryBudgetError, match="dense J"):
         check_fits(40 * 10**6, "dense J", limit=10**6)
     check_fits(40 * 10**6, "dense J", limit=10**9)  # fits: no error
+
+
+def test_function_operator_on_a_mesh_and_as_a_jit_argument(x64):
+    # a LinearOperator's closure-converted products run inside shard_map (both mesh kinds) and
+    # the operator is a valid jax.jit argument (its code static, its captured arrays leaves)
+    from jax.sharding import Mesh
+
+    A = jnp.asarray(np.random.default_rng(0).standard_normal((6, 5)))
+    meshes = (Mesh(np.array(jax.devices()), ("d",)), jax.make_mesh((len(jax.devices()),), ("d",)))
+    for mesh in meshes:
+        op = mtj.LinearOperator(lambda v: A @ v, lambda u: A.T @ u, A.shape, A.dtype, mesh=mesh)
+        for k in (1, 3, 7):
+            V, U = jnp.ones((5, k)), jnp.ones((6, k))
+            np.testing.assert_allclose(op.matmat(V), A @ V, atol=1e-13)
+            np.testing.assert_allclose(op.rmatmat(U), A.T @ U, atol=1e-13)
+    op = mtj.LinearOperator(lambda v: A @ v, lambda u: A.T @ u, A.shape, A.dtype)
+    x = jnp.arange(5.0)
+    np.testing.assert_allclose(jax.jit(lambda o, x: o.mv(x))(op, x), A @ x, atol=1e-13)
+    np.testing.assert_allclose(
+        jax.jit(lambda o, x: mtj.gram(o).mv(x))(op, x), A.T @ (A @ x), atol=1e-12
+    )

@@ -310,23 +310,35 @@ class AbstractOperator(eqx.Module):
 # --------------------------------------------------------------------------------------
 
 
-def _convert(fn: Any, n_in: int, n_out: int, dtype: Any, what: str):
-    """``fn`` with the arrays it closes over hoisted into pytree leaves
-    (``eqx.filter_closure_convert``), after checking that it maps ``(n_in,)`` to ``(n_out,)``
-    in ``dtype``. The operator then holds no reference to ``fn`` itself, so a compiled product
-    keeps neither the function nor its captured arrays alive."""
-    x = jax.ShapeDtypeStruct((n_in,), dtype)
+class _Converted(eqx.Module):
+    """A function of one vector as its jaxpr (static: the code) and the arrays it closes over
+    (leaves: the data). Calling it evaluates the jaxpr, so the original Python function is not
+    kept alive, and the operator holding it is a valid ``jax.jit`` argument."""
+
+    jaxpr: Any = eqx.field(static=True)
+    consts: list
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jax.core.eval_jaxpr(self.jaxpr, self.consts, x)[0]
+
+
+def _convert(fn: Any, n_in: int, n_out: int, dtype: Any, what: str) -> _Converted:
+    """``fn`` traced once into a :class:`_Converted` (closure conversion: the arrays it closes
+    over become leaves), after checking that it maps ``(n_in,)`` to ``(n_out,)`` in ``dtype``."""
     try:
-        # one trace of fn (the shape check below evaluates the converted jaxpr, not fn again)
-        converted = eqx.filter_closure_convert(fn, x)
-        out = jax.eval_shape(converted, x)
+        closed = jax.make_jaxpr(fn)(jax.ShapeDtypeStruct((n_in,), dtype))
     except Exception as e:  # noqa: BLE001 - re-raised with what to do
         raise TypeError(
             f"LinearOperator: {what} cannot be traced by JAX on a ({n_in},) "
             f"{jnp.dtype(dtype).name} vector ({type(e).__name__}: {e}). Products must be pure "
             "JAX functions (use jax.pure_callback for host code)."
         ) from e
-    got = (tuple(getattr(out, "shape", ())), getattr(out, "dtype", type(out).__name__))
+    outs = closed.out_avals
+    got = (
+        (tuple(outs[0].shape), outs[0].dtype)
+        if len(outs) == 1
+        else (f"{len(outs)} outputs", "(not one array)")
+    )
     if got != ((n_out,), jnp.dtype(dtype)):
         raise TypeError(
             f"LinearOperator: {what} maps a ({n_in},) {jnp.dtype(dtype).name} vector to "
@@ -334,7 +346,7 @@ def _convert(fn: Any, n_in: int, n_out: int, dtype: Any, what: str):
             f"{jnp.dtype(dtype).name}. Make {what} return the declared shape and dtype "
             "(e.g. cast with .astype), or declare the shape/dtype it returns."
         )
-    return converted
+    return _Converted(closed.jaxpr, list(closed.consts))
 
 
 class LinearOperator(AbstractOperator):
@@ -343,8 +355,11 @@ class LinearOperator(AbstractOperator):
     Parameters
     ----------
     mv
-        Pure function ``v: (n,) -> A v: (m,)``. Must be traceable by JAX. Arrays it closes
-        over become leaves of the operator (closure conversion), not compiled constants.
+        Pure function ``v: (n,) -> A v: (m,)``. Must be traceable by JAX. It is traced once,
+        here; the arrays it closes over become leaves of the operator (closure conversion),
+        not compiled constants. Each ``LinearOperator`` compiles its own products (its traced
+        code is new); a :class:`MatrixOperator`, a training Jacobian and derived operators
+        share compiled products across operators of one structure.
     rmv
         Pure function ``u: (m,) -> A^T u: (n,)``.
     shape
