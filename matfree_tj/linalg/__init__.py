@@ -26,11 +26,14 @@ imports from this package in brackets::
                                                                              _quadrature,
                                                                              _results, _dense)
     _subspace    principal cosines, projections                             ()
+    _profile     spectrum_profile: sigma_i against i from the quadrature    (_quadrature)
 """
 
 from ._dense import dense_svd as dense_svd
 from ._lanczos import bottom_singular as bottom_singular
 from ._lanczos import top_singular as top_singular
+from ._profile import SpectrumProfile as SpectrumProfile
+from ._profile import spectrum_profile as spectrum_profile
 from ._quadrature import ResolutionWarning as ResolutionWarning
 from ._quadrature import SpectralDensity as SpectralDensity
 from ._quadrature import count_interval as count_interval
