@@ -28,6 +28,8 @@ from .core._train import minibatch_schedule as minibatch_schedule
 from .linalg._dense import dense_svd as dense_svd
 from .linalg._lanczos import bottom_singular as bottom_singular
 from .linalg._lanczos import top_singular as top_singular
+from .linalg._profile import SpectrumProfile as SpectrumProfile
+from .linalg._profile import spectrum_profile as spectrum_profile
 from .linalg._quadrature import ResolutionWarning as ResolutionWarning
 from .linalg._quadrature import SpectralDensity as SpectralDensity
 from .linalg._randomized import randomized_svd as randomized_svd

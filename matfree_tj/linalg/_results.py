@@ -22,7 +22,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from ._quadrature import count_interval, probe_quantile
+from ._quadrature import SpectralDensity, count_interval, probe_quantile
 
 __all__ = ["Status", "SingularTriplets", "RegionCounts", "RegionStderr"]
 
@@ -187,6 +187,8 @@ class RegionCounts:
     upper)}`` per-probe bounds. :meth:`interval` widens the bounds by standard errors.
     ``alignment`` (``"slq"``): ``{region: (mean cos(u_i, v_i), stderr)}`` over the singular
     values of each region, from the same quadrature (:meth:`SpectralDensity.alignment`).
+    ``density`` (``"slq"``): that quadrature itself (for
+    :func:`~matfree_tj.linalg.spectrum_profile`; not in :meth:`to_dict`).
     """
 
     chaotic: float
@@ -204,6 +206,8 @@ class RegionCounts:
     bounds: dict | None = None
     alignment: dict | None = None
     bounds_stderr: dict | None = None
+    # the quadrature the counts came from (``"slq"``; for spectrum_profile), not serialised
+    density: SpectralDensity | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __getitem__(self, name: str) -> float:
         if name not in ("chaotic", "bulk", "stable"):

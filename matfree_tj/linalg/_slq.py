@@ -389,4 +389,5 @@ def region_counts(
         bounds=bounds,
         alignment=alignment,
         bounds_stderr=bounds_stderr,
+        density=dens,
     )
