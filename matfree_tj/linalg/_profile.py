@@ -53,7 +53,7 @@ class SpectrumProfile:
         ``(k,)`` estimated :math:`\sigma_i`: the counting function of the Gauss rules (each
         probe's distribution function interpolated linearly through the middles of its steps,
         which stays inside its guaranteed bounds) averaged over probes and inverted at
-        ``i - 1/2``. Top indices ``1..c`` hold the deflated values exactly.
+        ``i - 1/2``. Top indices ``1..c`` hold the deflated values (exact to ``rounding``).
     lower, upper
         ``(k,)`` the band: for each ``i``, :math:`\sigma_i` lies in ``[lower, upper]`` with
         probability about ``level`` or more (pointwise in ``i``, not simultaneously for all).
@@ -354,8 +354,9 @@ def spectrum_profile(
     # the deflated values are exact at their indices
     top = idx <= c
     estimate = np.where(top, d[np.minimum(idx, c) - 1] if c else 0.0, estimate)
-    lower = np.where(top, estimate, np.maximum(lower - rounding, 0.0))
-    upper = np.where(top, estimate, upper + rounding)
+    lower = np.where(top, estimate, lower)
+    upper = np.where(top, estimate, upper)
+    lower, upper = np.maximum(lower - rounding, 0.0), upper + rounding
     estimate = np.clip(estimate, lower, upper)
 
     bottom_values = (
