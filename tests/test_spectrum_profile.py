@@ -211,6 +211,18 @@ def test_cli_draws_the_picture_with_dense_overlay(tiny, tmp_path, capsys):
     assert prof.dim == d["num_params"] == 42
     assert d["dense_check"]["inside_band"] == prof.coverage(d["dense_check"]["singular_values"])
     assert d["dense_check"]["inside_band"] >= 0.9
+    # the study's way: redrawn from the JSON record, with bottom values (one not converged)
+    from matfree_tj.app._figures import spectrum_figure, summary_from_dict
+
+    summ = summary_from_dict(d)
+    np.testing.assert_array_equal(summ.profile.upper, prof.upper)
+    low, high = summ.interval("bulk")
+    assert low <= d["counts"]["bulk"] <= high
+    bottom = sorted(d["dense_check"]["singular_values"])[:2]
+    path = spectrum_figure(
+        summ, str(tmp_path / "again.png"), bottom=bottom, bottom_converged=[1, 0]
+    )
+    assert (tmp_path / "again.png").exists() and path.endswith("again.png")
 
 
 def test_cli_without_matplotlib_skips_the_picture(tiny, tmp_path, capsys, monkeypatch):
