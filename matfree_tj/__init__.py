@@ -25,6 +25,9 @@ from .core._train import TrainState as TrainState
 from .core._train import full_batch_schedule as full_batch_schedule
 from .core._train import make_train_fn as make_train_fn
 from .core._train import minibatch_schedule as minibatch_schedule
+from .core._trajectory import Trajectory as Trajectory
+from .core._trajectory import record_trajectory as record_trajectory
+from .core._trajectory import trajectory_predictions as trajectory_predictions
 from .linalg._dense import dense_svd as dense_svd
 from .linalg._lanczos import bottom_singular as bottom_singular
 from .linalg._lanczos import top_singular as top_singular
