@@ -177,8 +177,9 @@ def test_categorical_inpca_matches_numpy_and_embeds():
     lam, E, W = np_inpca(D)
     np.testing.assert_allclose(res.eigenvalues, lam[:k], atol=1e-12 * np.abs(lam).max())
     assert_same_vectors(res.eigenvectors, E[:, :k], 1e-10)
-    np.testing.assert_allclose(np.abs(res.coords), np.abs(E[:, :k]) * np.sqrt(np.abs(lam[:k])),
-                               atol=1e-10)
+    np.testing.assert_allclose(
+        np.abs(res.coords), np.abs(E[:, :k]) * np.sqrt(np.abs(lam[:k])), atol=1e-10
+    )
     chi = 1 - np.sqrt(1 - np.cumsum(lam[:k] ** 2) / np.sum(lam**2))
     np.testing.assert_allclose(res.explained_stress, chi, atol=1e-12)
     assert res.signature == (int(np.sum(lam[:k] > 0)), int(np.sum(lam[:k] < 0)))
@@ -217,8 +218,9 @@ def test_matrix_free_agrees_with_dense(big_gaussian):
     D, dense = big_gaussian
     free = mtj.inpca(D, num_components=6, method="lanczos", key=jax.random.key(0))
     assert free.method == "lanczos" and free.status == "converged" and free.converged.all()
-    np.testing.assert_allclose(free.eigenvalues, dense.eigenvalues,
-                               rtol=1e-8, atol=1e-8 * abs(dense.eigenvalues[0]))
+    np.testing.assert_allclose(
+        free.eigenvalues, dense.eigenvalues, rtol=1e-8, atol=1e-8 * abs(dense.eigenvalues[0])
+    )
     assert_same_vectors(free.eigenvectors, dense.eigenvectors, 1e-8)
     np.testing.assert_allclose(free.total_sq, dense.total_sq, rtol=1e-12)
     np.testing.assert_allclose(free.explained_stress, dense.explained_stress, atol=1e-9)
@@ -234,8 +236,9 @@ def test_matrix_free_on_streamed_distances_with_negative_eigenvalues():
     dense = mtj.inpca(np.asarray(mtj.bhattacharyya_distances(lp, log=True)), num_components=5)
     free = mtj.inpca(op, num_components=5, key=jax.random.key(1))
     assert free.method == "lanczos" and free.converged.all()
-    np.testing.assert_allclose(free.eigenvalues, dense.eigenvalues,
-                               rtol=1e-8, atol=1e-10 * abs(dense.eigenvalues[0]))
+    np.testing.assert_allclose(
+        free.eigenvalues, dense.eigenvalues, rtol=1e-8, atol=1e-10 * abs(dense.eigenvalues[0])
+    )
     np.testing.assert_allclose(free.total_sq, dense.total_sq, rtol=1e-10)
     lam_all = np_inpca(np.asarray(op.to_dense()))[0]
     assert np.any(lam_all < -1e-8)  # categorical D is not Euclidean: a Minkowski signature

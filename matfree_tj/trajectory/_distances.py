@@ -508,16 +508,27 @@ class DistanceOperator(AbstractOperator):
         nr = self.feats[0].shape[0]
         pi, pj = _tile_pairs(nr, nr, True)
         D, _ = _matrix(
-            self.feats, self.feats, pi, pj, kind=self.kind, log=self.log, r=self.tile,
-            sym=True, m=m, mb=m,
+            self.feats,
+            self.feats,
+            pi,
+            pj,
+            kind=self.kind,
+            log=self.log,
+            r=self.tile,
+            sym=True,
+            m=m,
+            mb=m,
         )
         return D
 
     def centred_sq_norm(self, row_means: jax.Array, grand_mean: Any) -> float:
         r""":math:`\sum_{uv} (D_{uv} - r_u - r_v + g)^2` (``4 ||W||_F^2`` of the double-centred
         matrix) in one more pass over the pairs, without storing ``D``."""
-        return float(_centred_sq_norm(self, jnp.asarray(row_means, self.dtype),
-                                      jnp.asarray(grand_mean, self.dtype)))
+        return float(
+            _centred_sq_norm(
+                self, jnp.asarray(row_means, self.dtype), jnp.asarray(grand_mean, self.dtype)
+            )
+        )
 
 
 @eqx.filter_jit

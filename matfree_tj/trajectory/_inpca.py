@@ -289,7 +289,10 @@ def _stress(lam: np.ndarray, total_sq: float) -> np.ndarray:
 
 def _dense(D: jax.Array, k: int, tol: float):
     m = D.shape[0]
-    check_fits(4 * m * m * D.dtype.itemsize, f"inpca(method='dense') of {m} points (W and eigh)")
+    # W, its float64 host copy, LAPACK's work copy and the eigenvectors
+    check_fits(
+        (m * m) * (D.dtype.itemsize + 3 * 8), f"inpca(method='dense') of {m} points (W and eigh)"
+    )
     W, r, g = _dense_w(D)
     Wn = np.asarray(W, np.float64)
     # host LAPACK (syevd): on CPU several times faster than jnp.linalg.eigh at m in the thousands
