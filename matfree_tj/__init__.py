@@ -42,6 +42,13 @@ from .linalg._slq import singular_value_density as singular_value_density
 from .linalg._subspace import principal_cosines as principal_cosines
 from .linalg._subspace import project_off as project_off
 from .linalg._subspace import project_onto as project_onto
+from .trajectory._distances import DistanceOperator as DistanceOperator
+from .trajectory._distances import UnderflowWarning as UnderflowWarning
+from .trajectory._distances import bhattacharyya_distances as bhattacharyya_distances
+from .trajectory._inpca import InPCAResult as InPCAResult
+from .trajectory._inpca import inpca as inpca
+from .trajectory._ribbon import RibbonWidths as RibbonWidths
+from .trajectory._ribbon import ribbon_widths as ribbon_widths
 
 __version__ = "0.1.0"
 
