@@ -17,3 +17,6 @@ from ._inpca import InPCAResult as InPCAResult
 from ._inpca import inpca as inpca
 from ._ribbon import RibbonWidths as RibbonWidths
 from ._ribbon import ribbon_widths as ribbon_widths
+from ._tie import SUBSPACES as SUBSPACES
+from ._tie import TrajectoryJacobianTie as TrajectoryJacobianTie
+from ._tie import trajectory_vs_jacobian as trajectory_vs_jacobian
