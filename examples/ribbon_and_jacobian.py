@@ -28,18 +28,19 @@ jax.config.update("jax_enable_x64", True)
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and directions")
-    parser.add_argument("--hidden", type=int, default=8, help="MLP width (default 8, P = 610)")
+    parser.add_argument("--hidden", type=int, default=None, help="MLP width (8, P = 610; quick 4)")
     parser.add_argument("--k", type=int, default=None, help="subspace dimension (default 40)")
     parser.add_argument("--out", default=".", help="folder for the JSON")
     args = parser.parse_args(argv)
     epochs, k, every = (1, 8, 1) if args.quick else (4, args.k or 40, 2)
+    hidden = args.hidden or (4 if args.quick else 8)
     run = mtj.examples.digits_mlp(
-        hidden=args.hidden, num_train=256, num_epochs=epochs, dtype=jax.numpy.float64
+        hidden=hidden, num_train=256, num_epochs=epochs, dtype=jax.numpy.float64
     )
     traj = mtj.record_trajectory(run.train_fn, run.params0, every=every)
     J = mtj.training_jacobian(run.train_fn, run.params0)
     P, T = J.shape[0], run.config["num_steps"]
-    print(f"digits MLP hidden {args.hidden}: P = {P}, T = {T}, {traj.num_checkpoints} checkpoints")
+    print(f"digits MLP hidden {hidden}: P = {P}, T = {T}, {traj.num_checkpoints} checkpoints")
     tie = trajectory_vs_jacobian(
         traj,
         J,
@@ -48,6 +49,7 @@ def main(argv=None):
         backend="dense",
         apply_fn=run.apply,
         inputs=run.X_test,
+        num_random_stress=2 if args.quick else 3,
     )
     print(f"k = {k}: random baseline cos^2 = k/P = {tie.expected_cos2:.4f}")
     print(
