@@ -240,6 +240,8 @@ def test_matrix_free_on_streamed_distances_with_negative_eigenvalues():
         free.eigenvalues, dense.eigenvalues, rtol=1e-8, atol=1e-10 * abs(dense.eigenvalues[0])
     )
     np.testing.assert_allclose(free.total_sq, dense.total_sq, rtol=1e-10)
+    via_dense = mtj.inpca(op, num_components=5, method="dense")  # materialised once
+    np.testing.assert_allclose(via_dense.eigenvalues, dense.eigenvalues, rtol=1e-12)
     lam_all = np_inpca(np.asarray(op.to_dense()))[0]
     assert np.any(lam_all < -1e-8)  # categorical D is not Euclidean: a Minkowski signature
 
@@ -275,6 +277,18 @@ def test_ribbon_widths_fit_and_stress():
     assert rw2.total_from == "W" and rw2.to_dict()["fit_range"] == [0, 4]
 
 
+def test_rank_deficient_w_noise_is_neither_signed_nor_fitted():
+    # Euclidean D of 12 points in R^3: W has rank 3, the other eigenvalues are rounding noise
+    rng = np.random.default_rng(11)
+    D = mtj.bhattacharyya_distances(rng.normal(size=(12, 3)), kind="gaussian", sigma=1.0)
+    res = mtj.inpca(D, num_components=6)
+    assert res.signature == (3, 0)
+    assert np.all(np.abs(res.eigenvalues[3:]) <= res.residuals[3:] + res.atol)
+    rw = mtj.ribbon_widths(res)
+    assert rw.fit_range == (0, 3) and rw.stress_3 == pytest.approx(1.0, abs=1e-12)
+    assert mtj.ribbon_widths([1.0, 0.25, 1e-17]).fit_range == (0, 2)
+
+
 # --------------------------------------------------------------------------------------
 # Bad input
 # --------------------------------------------------------------------------------------
@@ -300,7 +314,7 @@ def test_bad_distance_inputs():
         mtj.bhattacharyya_distances(np.ones((3, 2)), kind="gaussian")
     with pytest.raises(ValueError, match="sigma must be"):
         mtj.bhattacharyya_distances(np.ones((3, 2)), kind="gaussian", sigma=-1.0)
-    with pytest.raises(TypeError, match="gaussian.. only"):
+    with pytest.raises(TypeError, match="option of kind='gaussian'"):
         mtj.bhattacharyya_distances(p, sigma=1.0)
     with pytest.raises(ValueError, match="kind must be"):
         mtj.bhattacharyya_distances(p, kind="poisson")

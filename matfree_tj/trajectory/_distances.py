@@ -400,14 +400,15 @@ class DistanceOperator(AbstractOperator):
     product recomputes the distances tile by tile and never stores ``D``.
 
     Build it with :meth:`from_predictions`. A product (``mv`` or a block ``matmat`` of ``k``
-    columns) costs one pass over all ``m^2`` pairs, ``m^2 N C`` multiply-adds (the same as
-    computing ``D`` once, twice :func:`bhattacharyya_distances`'s because the symmetry is not
-    used) plus ``m^2 k``; memory ``O(m N C + chunk_size N C + m k)``. A Lanczos solve of ``p``
-    products therefore costs ``p`` distance matrices: use it only when the ``m^2`` numbers of
-    ``D`` do not fit (``m`` beyond ~50,000 in 20 GB of float64); below that, compute ``D`` once
-    and pass the array (the InPCA operator still never forms ``W``). Each tile is computed
-    independently, so ``D`` is symmetric only up to rounding (``~eps``); its diagonal is
-    exactly zero.
+    columns) costs one pass over the ``m (m - 1) / 2`` pairs, ``m^2 N C / 2`` multiply-adds and
+    ``m^2 N / 2`` logarithms (the cost of computing ``D`` once with
+    :func:`bhattacharyya_distances`), plus ``2 m^2 k``; memory ``O(m N C + chunk_size N C +
+    m k)``. A Lanczos solve of ``p`` products therefore costs ``p`` distance matrices: use it
+    only when the ``m^2`` numbers of ``D`` do not fit (``m`` beyond ~50,000 in 20 GB of
+    float64); below that, compute ``D`` once and pass the array (the InPCA operator still never
+    forms ``W``). The products use the same tiles as :func:`bhattacharyya_distances` (the
+    strict upper triangle, mirrored), so the operator is exactly symmetric with a zero diagonal
+    and its entries are exactly those of the array.
 
     Examples
     --------
@@ -462,38 +463,43 @@ class DistanceOperator(AbstractOperator):
             dtype=a.dtype,
         )
 
-    def _row_block_products(self, V, fn):
-        """``fn(tile, rows, cols, V_rows, V_cols)`` summed over the column blocks, for every row
-        block (``V_rows``, ``V_cols``: the blocks of ``V`` at the tile's rows and columns)."""
+    def _upper_tiles(self, init, fn):
+        """Fold ``fn(carry, t, keep, i, j)`` over the tiles ``i <= j`` of the strict upper
+        triangle (``keep``: the pairs ``u < v < m`` of the tile; ``t``: its distances, 0 outside
+        ``keep``): the same tiles, hence the same numbers, as :func:`bhattacharyya_distances`,
+        each computed once."""
+        m, r = self.shape[0], self.tile
+        nr = self.feats[0].shape[0]
+        pi, pj = (jnp.asarray(x, jnp.int32) for x in np.triu_indices(nr))
+        ar = jnp.arange(r)
+
+        def body(p, carry):
+            i, j = pi[p], pj[p]
+            t, _ = _tile(self.kind, self.log, *(tuple(f[b] for f in self.feats) for b in (i, j)))
+            rows, cols = i * r + ar, j * r + ar
+            keep = (rows[:, None] < cols[None, :]) & (cols < m)[None, :]
+            return fn(carry, jnp.where(keep, t, 0), keep, i, j)
+
+        return jax.lax.fori_loop(0, pi.shape[0], body, init)
+
+    def _matmat(self, V):
         m, r = self.shape[0], self.tile
         nr = self.feats[0].shape[0]
         Vb = jnp.pad(V, ((0, nr * r - m), (0, 0))).reshape(nr, r, -1)
-        ar = jnp.arange(r)
 
-        def row_block(i):
-            fa = tuple(f[i] for f in self.feats)
+        def fn(Y, t, keep, i, j):
+            # D = U + U^T with U the strict upper triangle: row block i gets t V_j, row block
+            # j gets t^T V_i (a diagonal tile's t is its strict upper part, so both are needed)
+            Y = Y.at[i].add(jnp.matmul(t, Vb[j], precision=_HI))
+            return Y.at[j].add(jnp.matmul(t.T, Vb[i], precision=_HI))
 
-            def body(j, acc):
-                t, _ = _tile(self.kind, self.log, fa, tuple(f[j] for f in self.feats))
-                rows, cols = i * r + ar, j * r + ar
-                # exact zero diagonal; padded columns meet zero rows of V
-                t = jnp.where(rows[:, None] == cols[None, :], 0, t)
-                return acc + fn(t, rows, cols, Vb[i], Vb[j])
-
-            return jax.lax.fori_loop(0, nr, body, jnp.zeros((r,) + Vb.shape[2:], V.dtype))
-
-        out = jax.lax.map(row_block, jnp.arange(nr))
-        return out.reshape((nr * r,) + out.shape[2:])[:m]
-
-    def _matmat(self, V):
-        return self._row_block_products(
-            V, lambda t, rows, cols, Vi, Vj: jnp.matmul(t, Vj, precision=_HI)
-        )
+        Y = self._upper_tiles(jnp.zeros_like(Vb), fn)
+        return Y.reshape(nr * r, -1)[:m]
 
     def _mv(self, v):
         return self._matmat(v[:, None])[:, 0]
 
-    # D is symmetric: the transpose products are the products (up to rounding, see above)
+    # D = U + U^T is exactly symmetric: the transpose products are the products
     def _rmv(self, u):
         return self._mv(u)
 
@@ -533,11 +539,14 @@ class DistanceOperator(AbstractOperator):
 
 @eqx.filter_jit
 def _centred_sq_norm(op: DistanceOperator, rmeans, g):
-    m = op.shape[0]
+    m, r = op.shape[0], op.tile
+    nr = op.feats[0].shape[0]
+    rb = jnp.pad(rmeans, (0, nr * r - m)).reshape(nr, r)
 
-    def fn(t, rows, cols, ri, rj):
-        e = t - ri - rj[:, 0][None, :] + g  # ri (r, 1) broadcasts over columns
-        mask = (rows < m)[:, None] & (cols < m)[None, :]
-        return jnp.sum(jnp.where(mask, e * e, 0), axis=1, keepdims=True)
+    def fn(acc, t, keep, i, j):
+        # the pairs u < v, each standing for (u, v) and (v, u)
+        e = t - rb[i][:, None] - rb[j][None, :] + g
+        return acc + 2 * jnp.sum(jnp.where(keep, e * e, 0))
 
-    return jnp.sum(op._row_block_products(rmeans[:, None], fn))
+    upper = op._upper_tiles(jnp.zeros((), rmeans.dtype), fn)
+    return upper + jnp.sum(jnp.square(g - 2 * rmeans))  # the diagonal, D_uu = 0

@@ -105,7 +105,9 @@ class InPCAResult:
     total_sq
         :math:`\|W\|_F^2 = \sum_{\text{all } i}\lambda_i^2` (the stress denominator).
     signature
-        ``(number of positive, number of negative)`` among the ``k`` eigenvalues.
+        ``(number of positive, number of negative)`` among the ``k`` eigenvalues, counting only
+        those whose sign is certified, :math:`|\lambda_i| > r_i + atol`: eigenvalues that are
+        zero within their accuracy (a rank-deficient ``W``) count in neither.
     residuals
         ``(k,)`` :math:`\|W e_i - \lambda_i e_i\|` from fresh products: some eigenvalue of
         :math:`W` lies within ``residuals[i]`` of ``eigenvalues[i]`` (symmetric ``W``).
@@ -447,13 +449,15 @@ def inpca(
         lam, E, res, total_sq, r, g, info = _lanczos(Dop, D_array, k, tol, key, progress)
     coords = E * np.sqrt(np.abs(lam))
     converged = res <= tol * np.abs(lam) + info["atol"]
+    floor = res + info["atol"]
     return InPCAResult(
         eigenvalues=lam,
         eigenvectors=E,
         coords=coords,
         explained_stress=_stress(lam, total_sq),
         total_sq=float(total_sq),
-        signature=(int(np.sum(lam > 0)), int(np.sum(lam < 0))),
+        # a sign counts only where the certificate separates the eigenvalue from zero
+        signature=(int(np.sum(lam > floor)), int(np.sum(lam < -floor))),
         residuals=res,
         converged=converged,
         method=info["method"],

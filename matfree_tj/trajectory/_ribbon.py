@@ -93,8 +93,11 @@ def ribbon_widths(
         eigenvalues themselves (signed; sorted here by ``|lambda|`` descending; the stress
         denominator is then their own sum of squares, exact only if all are given).
     fit_range
-        ``(start, stop)`` of the components in the fit (0-based, half open). Default: all
-        components with a nonzero width. At least 2 components; a standard error needs 3.
+        ``(start, stop)`` of the components in the fit (0-based, half open). Default: from 0 up
+        to the first eigenvalue not resolved from zero (within its certified accuracy
+        ``residual + atol`` for an :class:`InPCAResult`; within ``100 eps max|lambda|`` for bare
+        eigenvalues), so rounding noise of a rank-deficient ``W`` never enters the fit. At
+        least 2 components; a standard error needs 3.
 
     Returns
     -------
@@ -110,6 +113,8 @@ def ribbon_widths(
     if isinstance(result_or_eigenvalues, InPCAResult):
         lam = np.asarray(result_or_eigenvalues.eigenvalues, np.float64)
         total_sq, total_from = float(result_or_eigenvalues.total_sq), "W"
+        res = result_or_eigenvalues
+        floor = np.asarray(res.residuals, np.float64) + float(res.atol)
     else:
         lam = np.asarray(result_or_eigenvalues, np.float64)
         if lam.ndim != 1 or lam.shape[0] < 1:
@@ -120,12 +125,16 @@ def ribbon_widths(
             raise ValueError("the eigenvalues contain NaN or inf.")
         lam = lam[np.argsort(-np.abs(lam), kind="stable")]
         total_sq, total_from = float(np.sum(lam**2)), "eigenvalues"
+        floor = None
     widths = np.sqrt(np.abs(lam))
     k = widths.shape[0]
     if fit_range is None:
-        nonzero = np.nonzero(widths > 0)[0]
-        stop = int(nonzero[-1]) + 1 if nonzero.size else 0
-        start, stop = 0, stop
+        # the leading run of resolved eigenvalues: above their certified accuracy for a
+        # result, above float64 rounding of the largest (100 eps max|lambda|) for bare values
+        if floor is None:
+            floor = np.full(k, 100 * np.finfo(np.float64).eps * float(np.max(np.abs(lam))))
+        unresolved = np.nonzero(np.abs(lam) <= floor)[0]
+        start, stop = 0, int(unresolved[0]) if unresolved.size else k
     else:
         start, stop = (int(x) for x in fit_range)
     if not (0 <= start and stop <= k and stop - start >= 2):
