@@ -822,7 +822,13 @@ def _trajectory(args, parser) -> int:
         key=jax.random.key(args.seed),
         progress=log,
     )
-    rw = ribbon_widths(res) if res.num_components >= 2 else None
+    rw, ribbon_note = None, "fewer than 2 components"
+    if res.num_components >= 2:
+        try:
+            rw = ribbon_widths(res)
+        except ValueError as e:  # fewer than 2 eigenvalues resolved from zero: no decay to fit
+            ribbon_note = str(e)
+            log(f"no width decay fit: {e}")
     seconds = time.perf_counter() - t0
     log(f"done in {seconds:.1f}s")
 
@@ -866,6 +872,7 @@ def _trajectory(args, parser) -> int:
         ),
         inpca=res.to_dict(include_coords=True),
         ribbon=None if rw is None else rw.to_dict(),
+        ribbon_note=None if rw is not None else ribbon_note,
         seconds=seconds,
         environment=environment(),
     )
