@@ -31,7 +31,7 @@ n = 240, 101 checkpoints, 10 components, float64; base r = 0.7, s = 1, T = 400; 
       s rescales every width (the figure's curves shift, up to 100x) but not their ratios. The
       amplitude profile changes (sqrt(lambda_i) from the weights, flat from the targets), yet
       the widths' decay is set by the modes' time dynamics.
-(iii) GD steps T = 10, 30, 100, 300, 1000: rho = 0.10, 0.21, 0.38, 0.40, 0.39: more steps,
+(iii) GD steps T = 10, 30, 100, 300, 1000: rho = 0.11, 0.21, 0.38, 0.40, 0.39: more steps,
       slower decay (a wider ribbon), saturating once T exceeds the time constants of the
       modes that can move (here near T = 100).
 In every case 2 components explain >= 0.90 and 3 components >= 0.986 of the stress.
