@@ -8,6 +8,15 @@ the random-subspace baseline k/P; and the stress of the ribbon (categorical Bhat
 distances on the test digits) that the trajectory keeps when projected on J's chaotic subspace
 (singular values > 1.1) or on the moved subspace, against random subspaces of the same size.
 
+Measured (full run: hidden 8, P = 610, 256 digits, T = 16 steps of SGD + momentum, float64,
+dense J, k = 150): J has 46 chaotic singular values (up to 2.39). The displacement has
+cos^2 = 0.996 with the 150 moved directions (right; 0.994 left) against 0.254 +- 0.021 for a
+random 150-dim subspace, and 0.585 with J's top-150 right singular vectors; the trajectory's
+top principal directions lie in the moved subspace (principal cosines 1.000, 0.999, 0.998, ...).
+Projected on the 46-dim chaotic subspace the trajectory keeps 0.737 of the ribbon's stress
+(random 46-dim subspaces: 0.008 +- 0.003); on the 150-dim moved subspace 0.999 (random: 0.088).
+Training moves, and the ribbon lives, in the few directions where J departs from the identity.
+
     python examples/ribbon_and_jacobian.py           # hidden 8 (P = 610), dense J, a minute
     python examples/ribbon_and_jacobian.py --quick   # fewer steps and directions, seconds
 """
@@ -29,10 +38,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and directions")
     parser.add_argument("--hidden", type=int, default=None, help="MLP width (8, P = 610; quick 4)")
-    parser.add_argument("--k", type=int, default=None, help="subspace dimension (default 40)")
+    parser.add_argument("--k", type=int, default=None, help="subspace dimension (default 150)")
     parser.add_argument("--out", default=".", help="folder for the JSON")
     args = parser.parse_args(argv)
-    epochs, k, every = (1, 8, 1) if args.quick else (4, args.k or 40, 2)
+    epochs, k, every = (1, 8, 1) if args.quick else (4, args.k or 150, 2)
     hidden = args.hidden or (4 if args.quick else 8)
     run = mtj.examples.digits_mlp(
         hidden=hidden, num_train=256, num_epochs=epochs, dtype=jax.numpy.float64
