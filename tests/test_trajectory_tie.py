@@ -103,3 +103,29 @@ def test_bad_inputs(run):
         trajectory_vs_jacobian(traj, J, k=2, key=key, backend="dense", inputs=probe)
     with pytest.raises(TypeError, match="record_trajectory"):
         trajectory_vs_jacobian(traj.params, J, k=2, key=key, backend="dense")
+
+
+def test_matrix_free_backend_agrees(run):
+    """The matrix-free triplets give the same moved subspace (J - I has rank 4 here) and the
+    same stress, and count their products."""
+    lin, traj, probe, dense_tie = run
+    J = mtj.training_jacobian(lin.train_fn, lin.params0)
+    tie = trajectory_vs_jacobian(
+        traj,
+        J,
+        k=4,
+        key=jax.random.key(5),
+        apply_fn=lambda w, x: x @ w,
+        inputs=probe,
+        kind="gaussian",
+        sigma=SIGMA,
+        num_random=4,
+        num_random_stress=1,
+    )
+    assert tie.num_products > 0
+    assert abs(tie.displacement_cos2["moved_right"] - 1.0) < 1e-8
+    np.testing.assert_allclose(
+        tie.moved_singular_values, dense_tie.moved_singular_values, rtol=1e-8
+    )
+    assert abs(tie.stress_fraction["chaotic"] - dense_tie.stress_fraction["chaotic"]) < 1e-8
+    assert abs(tie.stress_fraction["moved_right"] - 1.0) < 1e-8
