@@ -5,6 +5,7 @@ definitions, or the closed form of the gaussian case (D_uv = |f_u - f_v|^2 / (8 
 W = Fc Fc^T / (8 sigma^2 N) with Fc the centred prediction matrix). float64 throughout.
 """
 
+import json
 import warnings
 
 import jax
@@ -150,15 +151,18 @@ def gd_predictions(rng, m=15, N=8, P=6, eta=0.05):
     return np.array(F)
 
 
-@pytest.mark.parametrize("which", ["random", "gd"])
+@pytest.mark.parametrize("which", ["random", "gd", "two outputs"])
 def test_gaussian_closed_form(which):
     rng = np.random.default_rng(4)
-    F = rng.normal(size=(12, 9)) if which == "random" else gd_predictions(rng)
-    m, N = F.shape
+    if which == "gd":
+        F = gd_predictions(rng)
+    else:
+        F = rng.normal(size=(12, 9) if which == "random" else (12, 5, 2))
+    m, N = F.shape[:2]  # N inputs (d outputs each): D sums |f_u(x) - f_v(x)|^2 over outputs
     sigma = 0.3
     D = mtj.bhattacharyya_distances(F, kind="gaussian", sigma=sigma)
     res = mtj.inpca(D, num_components=m)
-    Fc = F - F.mean(axis=0)
+    Fc = (F - F.mean(axis=0)).reshape(m, -1)
     G = Fc @ Fc.T / (8 * sigma**2 * N)
     lam = np.linalg.eigvalsh(G)
     lam = lam[np.argsort(-np.abs(lam))]
@@ -187,8 +191,10 @@ def test_categorical_inpca_matches_numpy_and_embeds():
     # a reference point embeds at its own coordinates
     np.testing.assert_allclose(res.embed(D[[2, 7]]), res.coords[[2, 7]], atol=1e-12)
     np.testing.assert_allclose(res.embed(D[3]), res.coords[3], atol=1e-12)
-    d = res.to_dict()
+    d = json.loads(json.dumps(res.to_dict(include_coords=True)))
     assert d["signature"] == list(res.signature) and len(d["eigenvalues"]) == k
+    assert np.allclose(d["coords"], res.coords)
+    assert json.loads(json.dumps(mtj.ribbon_widths(res).to_dict()))["total_from"] == "W"
 
 
 def test_embed_new_point_in_the_span_reproduces_its_distances():
