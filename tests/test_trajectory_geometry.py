@@ -360,5 +360,11 @@ def test_bad_inpca_inputs():
     res = mtj.inpca(D, num_components=2)
     with pytest.raises(ValueError, match=r"\(m_new, 3\)"):
         res.embed(np.zeros((1, 4)))
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(ValueError, match="only 1 of the 1"):
         mtj.ribbon_widths([1.0])
+    with pytest.raises(ValueError, match="only 1 of the 3"):
+        mtj.ribbon_widths([1.0, 1e-18, 0.0])
+    with pytest.raises(ValueError, match="at least 2"):
+        mtj.ribbon_widths([1.0, 0.5, 0.25], fit_range=(1, 2))
+    with pytest.raises(ValueError, match="zero width"):
+        mtj.ribbon_widths([1.0, 0.5, 0.0], fit_range=(0, 3))
