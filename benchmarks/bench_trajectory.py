@@ -157,11 +157,15 @@ def case_streamed(m: int, n: int, c: int, k: int) -> dict:
     op = mtj.DistanceOperator.from_predictions(lp, log=True)
     out = {"m": m, "N": n, "C": c, "k": k}
     with C.PeakMemory() as pm:
-        t0 = time.perf_counter()
-        free = mtj.inpca(op, num_components=k, key=jax.random.key(0))
-        dt = time.perf_counter() - t0
-    out["streamed"] = {"time_s": dt, **pm.as_dict(), **_summary(free)}
-    out["seconds_per_product"] = dt / max(1, free.num_products)
+        t = C.time_call(lambda: mtj.inpca(op, num_components=k, key=jax.random.key(0)), repeat=1)
+    free = t.pop("result")
+    out["streamed"] = {
+        "time_s": t["cold_s"],
+        "warm_s": t["min_s"],
+        **pm.as_dict(),
+        **_summary(free),
+    }
+    out["seconds_per_product"] = t["min_s"] / max(1, free.num_products)  # warm
     if m <= 5000:
         dense = mtj.inpca(mtj.bhattacharyya_distances(lp, log=True), num_components=k)
         out["agreement"] = _compare(dense, free)
@@ -305,6 +309,7 @@ def table(payload: dict) -> str:
             {
                 "m": r.get("m"),
                 "time": _get(r, "streamed", "time_s"),
+                "warm": _get(r, "streamed", "warm_s"),
                 "rss": _get(r, "streamed", "rss_peak_above_start_bytes"),
                 "products": _get(r, "streamed", "num_products"),
                 "per": r.get("seconds_per_product"),
@@ -317,10 +322,11 @@ def table(payload: dict) -> str:
             rows,
             [
                 ("m", "m", "d"),
-                ("time", "time", C.fmt_s),
+                ("time", "cold", C.fmt_s),
+                ("warm", "warm", C.fmt_s),
                 ("rss", "peak RSS", C.fmt_bytes),
                 ("products", "products", "d"),
-                ("per", "s / product", ".3g"),
+                ("per", "warm s / product", ".3g"),
                 ("err", "max rel eig err vs dense", ".1e"),
                 ("note", "note", "{}".format),
             ],

@@ -5,6 +5,7 @@ definitions, or the closed form of the gaussian case (D_uv = |f_u - f_v|^2 / (8 
 W = Fc Fc^T / (8 sigma^2 N) with Fc the centred prediction matrix). float64 throughout.
 """
 
+import json
 import warnings
 
 import jax
@@ -150,15 +151,18 @@ def gd_predictions(rng, m=15, N=8, P=6, eta=0.05):
     return np.array(F)
 
 
-@pytest.mark.parametrize("which", ["random", "gd"])
+@pytest.mark.parametrize("which", ["random", "gd", "two outputs"])
 def test_gaussian_closed_form(which):
     rng = np.random.default_rng(4)
-    F = rng.normal(size=(12, 9)) if which == "random" else gd_predictions(rng)
-    m, N = F.shape
+    if which == "gd":
+        F = gd_predictions(rng)
+    else:
+        F = rng.normal(size=(12, 9) if which == "random" else (12, 5, 2))
+    m, N = F.shape[:2]  # N inputs (d outputs each): D sums |f_u(x) - f_v(x)|^2 over outputs
     sigma = 0.3
     D = mtj.bhattacharyya_distances(F, kind="gaussian", sigma=sigma)
     res = mtj.inpca(D, num_components=m)
-    Fc = F - F.mean(axis=0)
+    Fc = (F - F.mean(axis=0)).reshape(m, -1)
     G = Fc @ Fc.T / (8 * sigma**2 * N)
     lam = np.linalg.eigvalsh(G)
     lam = lam[np.argsort(-np.abs(lam))]
@@ -187,8 +191,10 @@ def test_categorical_inpca_matches_numpy_and_embeds():
     # a reference point embeds at its own coordinates
     np.testing.assert_allclose(res.embed(D[[2, 7]]), res.coords[[2, 7]], atol=1e-12)
     np.testing.assert_allclose(res.embed(D[3]), res.coords[3], atol=1e-12)
-    d = res.to_dict()
+    d = json.loads(json.dumps(res.to_dict(include_coords=True)))
     assert d["signature"] == list(res.signature) and len(d["eigenvalues"]) == k
+    assert np.allclose(d["coords"], res.coords)
+    assert json.loads(json.dumps(mtj.ribbon_widths(res).to_dict()))["total_from"] == "W"
 
 
 def test_embed_new_point_in_the_span_reproduces_its_distances():
@@ -229,9 +235,18 @@ def test_matrix_free_agrees_with_dense(big_gaussian):
     assert free.num_products > 0
 
 
+def trajectory_logp(m, n, c, seed):
+    """Log-probabilities along a smooth curve of logits (a training-like trajectory): its
+    Bhattacharyya geometry is non-Euclidean, with negative InPCA eigenvalues among the top."""
+    rng = np.random.default_rng(seed)
+    L0, L1, L2 = (3.0 * rng.normal(size=(n, c)) for _ in range(3))
+    s = 1.0 - np.exp(-np.linspace(0.0, 5.0, m))[:, None, None]
+    logits = L0 + s * (L1 - L0) + 0.3 * np.sin(3 * np.pi * s) * L2
+    return logits - np.log(np.sum(np.exp(logits), axis=-1, keepdims=True))
+
+
 def test_matrix_free_on_streamed_distances_with_negative_eigenvalues():
-    rng = np.random.default_rng(8)
-    lp = np.log(random_probs(rng, 60, 5, 3, conc=0.3))
+    lp = trajectory_logp(60, 8, 4, seed=1)
     op = mtj.DistanceOperator.from_predictions(lp, log=True)
     dense = mtj.inpca(np.asarray(mtj.bhattacharyya_distances(lp, log=True)), num_components=5)
     free = mtj.inpca(op, num_components=5, key=jax.random.key(1))
@@ -242,8 +257,8 @@ def test_matrix_free_on_streamed_distances_with_negative_eigenvalues():
     np.testing.assert_allclose(free.total_sq, dense.total_sq, rtol=1e-10)
     via_dense = mtj.inpca(op, num_components=5, method="dense")  # materialised once
     np.testing.assert_allclose(via_dense.eigenvalues, dense.eigenvalues, rtol=1e-12)
-    lam_all = np_inpca(np.asarray(op.to_dense()))[0]
-    assert np.any(lam_all < -1e-8)  # categorical D is not Euclidean: a Minkowski signature
+    # both ends of the spectrum: two of the top five are negative (time-like), found in one run
+    assert dense.signature == (3, 2) and free.signature == dense.signature
 
 
 # --------------------------------------------------------------------------------------
@@ -345,5 +360,11 @@ def test_bad_inpca_inputs():
     res = mtj.inpca(D, num_components=2)
     with pytest.raises(ValueError, match=r"\(m_new, 3\)"):
         res.embed(np.zeros((1, 4)))
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(ValueError, match="only 1 of the 1"):
         mtj.ribbon_widths([1.0])
+    with pytest.raises(ValueError, match="only 1 of the 3"):
+        mtj.ribbon_widths([1.0, 1e-18, 0.0])
+    with pytest.raises(ValueError, match="at least 2"):
+        mtj.ribbon_widths([1.0, 0.5, 0.25], fit_range=(1, 2))
+    with pytest.raises(ValueError, match="zero width"):
+        mtj.ribbon_widths([1.0, 0.5, 0.0], fit_range=(0, 3))

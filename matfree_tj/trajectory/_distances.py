@@ -340,9 +340,12 @@ def bhattacharyya_distances(
         ``(m, m)`` (exactly symmetric, zero diagonal) or ``(m, m')``, ``>= 0``, in the input's
         dtype (at least float32).
 
-    Cost: ``m^2 N C / 2`` multiply-adds (``m m' N C`` with ``b``), one compile per shape and tile
-    size; memory the output plus one tile. Coefficients that underflow are clamped at
-    ``finfo.tiny`` and reported by an :class:`UnderflowWarning` (never a silent ``inf``).
+    Cost: ``m^2 N C / 2`` multiply-adds and ``m^2 N / 2`` logarithms (``m m' N C`` and
+    ``m m' N`` with ``b``); with ``log=True`` a tile that needs the exact log-sum-exp adds
+    ``r^2 N C`` exponentials. One compile per shape and tile size; memory the output (plus one
+    transient copy while the triangle is mirrored) and one tile. Coefficients that underflow
+    are clamped at ``finfo.tiny`` and reported by an :class:`UnderflowWarning` (never a silent
+    ``inf``).
 
     References
     ----------

@@ -116,7 +116,9 @@ class InPCAResult:
     method
         ``"dense"`` or ``"lanczos"``.
     status
-        ``"converged"`` or the Lanczos solver's status (a plain string).
+        Lanczos: the solver's status (a plain string: ``"converged"``, ``"max_products"``,
+        ``"unverified"``, ...). Dense: ``"converged"``, or ``"inaccurate"`` if a residual
+        exceeds its tolerance (not expected of a backward-stable ``eigh``).
     num_products
         Products of ``D`` used (0 for dense; each one a full pass over the pairs for a
         :class:`DistanceOperator`).

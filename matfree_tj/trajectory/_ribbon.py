@@ -135,6 +135,12 @@ def ribbon_widths(
             floor = np.full(k, 100 * np.finfo(np.float64).eps * float(np.max(np.abs(lam))))
         unresolved = np.nonzero(np.abs(lam) <= floor)[0]
         start, stop = 0, int(unresolved[0]) if unresolved.size else k
+        if stop < 2:
+            raise ValueError(
+                f"only {stop} of the {k} eigenvalues are resolved from zero (|lambda| above its "
+                "accuracy), and a decay fit needs 2: W has rank < 2 (the models' predictions "
+                "hardly differ) or too few components were asked for."
+            )
     else:
         start, stop = (int(x) for x in fit_range)
     if not (0 <= start and stop <= k and stop - start >= 2):
