@@ -180,7 +180,8 @@ def record_trajectory(
     recorded too), ``key=``, ``trainable=`` (the run is unchanged; :meth:`Trajectory.flat`
     keeps the trainable leaves, as the training Jacobian does), ``output=`` (recorded at each
     checkpoint in ``outputs``). ``checkpoint`` and ``unroll`` only change reverse-mode memory
-    and scheduling, not values, and are not used.
+    and scheduling, not values, and are not used. The record is for analysis: its inner loops
+    have traced bounds, so it has no reverse-mode derivative (differentiate ``train_fn``).
 
     Cost: one training run (``T`` loss gradients and optimizer updates) and one compile per
     ``(train_fn, steps)``; memory O(m x (P + model state)) for the ``m`` checkpoints plus one
