@@ -25,6 +25,9 @@ from .core._train import TrainState as TrainState
 from .core._train import full_batch_schedule as full_batch_schedule
 from .core._train import make_train_fn as make_train_fn
 from .core._train import minibatch_schedule as minibatch_schedule
+from .core._trajectory import Trajectory as Trajectory
+from .core._trajectory import record_trajectory as record_trajectory
+from .core._trajectory import trajectory_predictions as trajectory_predictions
 from .linalg._dense import dense_svd as dense_svd
 from .linalg._lanczos import bottom_singular as bottom_singular
 from .linalg._lanczos import top_singular as top_singular
@@ -41,6 +44,13 @@ from .linalg._slq import singular_value_density as singular_value_density
 from .linalg._subspace import principal_cosines as principal_cosines
 from .linalg._subspace import project_off as project_off
 from .linalg._subspace import project_onto as project_onto
+from .trajectory._distances import DistanceOperator as DistanceOperator
+from .trajectory._distances import UnderflowWarning as UnderflowWarning
+from .trajectory._distances import bhattacharyya_distances as bhattacharyya_distances
+from .trajectory._inpca import InPCAResult as InPCAResult
+from .trajectory._inpca import inpca as inpca
+from .trajectory._ribbon import RibbonWidths as RibbonWidths
+from .trajectory._ribbon import ribbon_widths as ribbon_widths
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-r"""Command line: ``matfree-tj spectrum`` and ``matfree-tj study`` (also ``python -m matfree_tj``).
+r"""Command line: ``matfree-tj spectrum``, ``study`` and ``trajectory`` (``python -m matfree_tj``).
 
 ``spectrum`` measures the singular-value regions of a training Jacobian (the paper's reference
 digits MLP by default; ``--problem`` takes a built-in example by name or any ``module:function``
@@ -7,6 +7,9 @@ returning ``.train_fn`` and ``.params0``), matrix-free by default, and prints
 gets a PNG of the values.
 ``study`` runs the eight experiments of Belrose & Scherlis (2024) into ``--out``: ``study.json``,
 PNG figures and ``summary.md``. ``--quick`` uses a tiny model and few probes (seconds).
+``trajectory`` records one run's checkpoints every ``--every`` steps and writes the InPCA
+embedding of their predictions (the hyper-ribbon: eigenvalues, explained stress, widths and
+their decay) as ``trajectory.json`` and PNGs into ``--out``.
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ BUILTIN_PROBLEMS = ("digits_mlp", "lenet5_digits", "transformer")
 _EXAMPLES_MODULES = ("matfree_tj.examples", "matfree_tj.app.examples")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _model_options(p: argparse.ArgumentParser) -> None:
+    """The options every command shares: which training run, where the output goes."""
     p.add_argument(
         "--problem",
         default=None,
@@ -93,6 +97,23 @@ def _common(p: argparse.ArgumentParser) -> None:
         "x64 mode before anything is built",
     )
     p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny model (digits MLP: hidden 8, 128 examples, 2 epochs; a problem taking "
+        "quick= gets quick=True) and few probes: seconds",
+    )
+    p.add_argument(
+        "--out",
+        default="matfree_tj_out",
+        help="output folder for figures/reports (default ./matfree_tj_out)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    """The options of the spectral commands (spectrum, study)."""
+    _model_options(p)
+    p.add_argument(
         "--lo", type=_finite_float, default=0.9, help="stable/bulk boundary (default 0.9)"
     )
     p.add_argument(
@@ -111,18 +132,6 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="Lanczos steps per probe (default: enough to resolve [lo, hi] given sigma_1, "
         "at least 80; 20 with --quick)",
     )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="tiny model (digits MLP: hidden 8, 128 examples, 2 epochs; a problem taking "
-        "quick= gets quick=True) and few probes: seconds",
-    )
-    p.add_argument(
-        "--out",
-        default="matfree_tj_out",
-        help="output folder for figures/reports (default ./matfree_tj_out)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The spectrum of a neural network's training Jacobian "
         "J = d theta_T / d theta_0, matrix-free.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{spectrum,study}")
+    sub = parser.add_subparsers(dest="command", metavar="{spectrum,study,trajectory}")
     sub.required = True
     sp = sub.add_parser(
         "spectrum",
@@ -239,6 +248,50 @@ def build_parser() -> argparse.ArgumentParser:
         default=30,
         help="perturbation scales in logspace(-3, 3) (default 30)",
     )
+
+    tr = sub.add_parser(
+        "trajectory",
+        help="the hyper-ribbon of one training run: InPCA of its checkpoints",
+        description="Record the parameters every --every steps of one training run, compare "
+        "the checkpoints' predictions on the probe set by Bhattacharyya distances, embed them "
+        "by InPCA and write trajectory.json (eigenvalues, explained stress, ribbon widths and "
+        "their geometric decay) and PNG figures into --out. The problem gives apply(params, x) "
+        "and probe_inputs (or X_test); prediction_kind 'categorical' (default; softmax of "
+        "apply) or 'gaussian' (apply's output as means, standard deviation .sigma).",
+    )
+    _model_options(tr)
+    tr.add_argument(
+        "--every",
+        type=_positive_int,
+        default=None,
+        help="checkpoint spacing in optimizer steps (default: about 50 checkpoints, T // 50); "
+        "the last step is always a checkpoint",
+    )
+    tr.add_argument(
+        "--num-components",
+        type=_positive_int,
+        default=10,
+        help="InPCA components (default 10; at most the number of checkpoints)",
+    )
+    tr.add_argument(
+        "--method",
+        choices=("auto", "dense", "lanczos"),
+        default="auto",
+        help="InPCA eigensolver: auto (default: dense below 5,000 checkpoints), dense, lanczos",
+    )
+    tr.add_argument(
+        "--num-inputs",
+        type=_positive_int,
+        default=None,
+        help="use the first N probe inputs only (default: all of them)",
+    )
+    tr.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        default=16,
+        help="checkpoints evaluated together when predicting (default 16)",
+    )
+    tr.add_argument("--no-plot", action="store_true", help="do not write the PNGs")
     return parser
 
 
@@ -253,7 +306,7 @@ def _log(args):
 
 def _setup(args, parser) -> None:
     """Check every option that needs no model, then enable x64 if asked (before any build)."""
-    if not (0.0 <= args.lo <= 1.0 <= args.hi and args.lo < args.hi):
+    if hasattr(args, "lo") and not (0.0 <= args.lo <= 1.0 <= args.hi and args.lo < args.hi):
         parser.error(
             f"expected 0 <= --lo <= 1 <= --hi and --lo < --hi, got --lo {args.lo} --hi {args.hi}"
         )
@@ -399,7 +452,7 @@ def _build_problem(args, parser):
     config.setdefault("dtype", dtypes[0] if len(dtypes) == 1 else dtypes)
     num_params = int(sum(x.size for x in floats))
     model = types.SimpleNamespace(
-        train_fn=train_fn, params0=params0, num_params=num_params, config=config
+        train_fn=train_fn, params0=params0, num_params=num_params, config=config, run=run
     )
     return model, name
 
@@ -407,7 +460,8 @@ def _build_problem(args, parser):
 def _check_outputs(args, parser) -> None:
     """Fail before any compute if the results could not be written (a run can take minutes)."""
     folders = []
-    if args.command == "study" or not getattr(args, "no_plot", False):
+    # trajectory always writes trajectory.json into --out
+    if args.command in ("study", "trajectory") or not getattr(args, "no_plot", False):
         folders.append(("--out", args.out))
     path = getattr(args, "json", None)
     if path:
@@ -654,6 +708,267 @@ def _study(args, parser) -> int:
     return 0
 
 
+def _trajectory_problem(args, parser):
+    """``(model, label)``: the run with ``apply``, ``probe_inputs``, ``prediction_kind`` and
+    ``sigma`` for trajectory geometry, checked before any training."""
+    from ..core import TrainFn
+    from .study import StudyConfig, build_model
+
+    if _problem_name(args) == "digits_mlp":
+        cfg = StudyConfig(
+            hidden=args.hidden,
+            optimizer=args.optimizer or "sgd",
+            seed=args.seed,
+            quick=args.quick,
+            dtype=args.dtype or "float32",
+        ).resolved()
+        run = build_model(cfg)
+        label = f"digits MLP hidden={cfg.hidden} optimizer={cfg.optimizer} seed={cfg.seed}"
+        model = _namespace(run.train_fn, run.params0, run.num_params, dict(run.config), run)
+    else:
+        model, label = _build_problem(args, parser)
+        run = model.run
+    spec = args.problem or "digits_mlp"
+    apply = getattr(run, "apply", None) or getattr(run, "apply_fn", None)
+    probe = getattr(run, "probe_inputs", None)
+    if probe is None:
+        probe = getattr(run, "X_test", None)
+    kind = getattr(run, "prediction_kind", "categorical")
+    sigma = getattr(run, "sigma", None)
+    if not callable(apply) or probe is None:
+        parser.error(
+            f"--problem {spec}: trajectory compares the checkpoints' predictions, so the "
+            "object FUNCTION() returns needs .apply(params, x) (or .apply_fn) and "
+            ".probe_inputs (or .X_test), like matfree_tj.examples.digits_mlp()"
+        )
+    if kind not in ("categorical", "gaussian"):
+        parser.error(
+            f"--problem {spec}: prediction_kind must be 'categorical' or 'gaussian', got {kind!r}"
+        )
+    if kind == "gaussian" and not (isinstance(sigma, (int, float)) and sigma > 0):
+        parser.error(
+            f"--problem {spec}: prediction_kind 'gaussian' needs .sigma > 0 (the predictions' "
+            f"standard deviation), got {sigma!r}"
+        )
+    if not isinstance(model.train_fn, TrainFn):
+        parser.error(
+            f"--problem {spec}: trajectory records the steps of a run built by "
+            "matfree_tj.make_train_fn; train_fn is a "
+            f"{type(model.train_fn).__name__}"
+        )
+    import jax
+
+    n_probe = int(jax.tree_util.tree_leaves(probe)[0].shape[0])
+    if args.num_inputs is not None:
+        if args.num_inputs > n_probe:
+            parser.error(
+                f"--num-inputs must be <= {n_probe} (the probe set), got {args.num_inputs}"
+            )
+        probe = jax.tree_util.tree_map(lambda a: a[: args.num_inputs], probe)
+    T = model.train_fn.num_steps
+    every = args.every if args.every is not None else max(1, T // 50)
+    if every > T:
+        parser.error(f"--every must be <= T = {T} (the run's steps), got {every}")
+    m = len(range(0, T + 1, every)) + (T % every != 0)
+    if args.num_components > m:
+        parser.error(
+            f"--num-components must be <= {m} (the checkpoints of --every {every} over "
+            f"T = {T} steps), got {args.num_components}; lower it or --every"
+        )
+    if args.method == "lanczos" and args.num_components > m - 1:
+        parser.error(f"--method lanczos needs --num-components <= {m - 1}")
+    extra = dict(apply=apply, probe=probe, kind=kind, sigma=sigma, every=every, T=T)
+    return model, label, extra
+
+
+def _namespace(train_fn, params0, num_params, config, run):
+    import types
+
+    return types.SimpleNamespace(
+        train_fn=train_fn, params0=params0, num_params=num_params, config=config, run=run
+    )
+
+
+def _trajectory(args, parser) -> int:
+    import jax
+    import numpy as np
+
+    from ..core import record_trajectory, trajectory_predictions
+    from ..trajectory import bhattacharyya_distances, inpca, ribbon_widths
+    from .study import environment
+
+    log = _log(args)
+    t0 = time.perf_counter()
+    model, label, x = _trajectory_problem(args, parser)
+    kind, every, T = x["kind"], x["every"], x["T"]
+    log(
+        f"{label}: P={model.num_params}, T={T} steps; recording every {every} steps "
+        "(one training run)"
+    )
+    traj = record_trajectory(model.train_fn, model.params0, every=every)
+    m = traj.num_checkpoints
+    n_in = int(jax.tree_util.tree_leaves(x["probe"])[0].shape[0])
+    log(f"{m} checkpoints; predictions on {n_in} probe inputs ({kind})")
+    output = "log_probabilities" if kind == "categorical" else "raw"
+    preds = trajectory_predictions(
+        x["apply"], traj, x["probe"], output=output, chunk_size=args.chunk_size
+    )
+    log(f"Bhattacharyya distances ({m} x {m})")
+    if kind == "categorical":
+        D = bhattacharyya_distances(preds, kind="categorical", log=True)
+    else:
+        D = bhattacharyya_distances(preds, kind="gaussian", sigma=float(x["sigma"]))
+    log(f"InPCA: {args.num_components} components ({args.method})")
+    res = inpca(
+        D,
+        num_components=args.num_components,
+        method=args.method,
+        key=jax.random.key(args.seed),
+        progress=log,
+    )
+    rw, ribbon_note = None, "fewer than 2 components"
+    if res.num_components >= 2:
+        try:
+            rw = ribbon_widths(res)
+        except ValueError as e:  # fewer than 2 eigenvalues resolved from zero: no decay to fit
+            ribbon_note = str(e)
+            log(f"no width decay fit: {e}")
+    seconds = time.perf_counter() - t0
+    log(f"done in {seconds:.1f}s")
+
+    steps = np.asarray(traj.steps)
+    print(
+        f"hyper-ribbon of {label}: {m} checkpoints (every {every} of T = {T} steps), "
+        f"{n_in} probe inputs, {kind} distances, InPCA {res.method}"
+    )
+    print("eigenvalues (signed, by |lambda|): " + ", ".join(f"{v:.4g}" for v in res.eigenvalues))
+    print(
+        "explained stress: "
+        + ", ".join(f"{j + 1}: {c:.4f}" for j, c in enumerate(res.explained_stress))
+    )
+    if rw is not None:
+        print(
+            f"widths sqrt|lambda|: decay ratio {rw.decay_ratio:.4f} +- "
+            f"{rw.decay_ratio_stderr:.2g} per component (log slope {rw.log_slope:.4f} +- "
+            f"{rw.log_slope_stderr:.2g}); stress of 2 / 3 components: "
+            f"{_fmt(rw.stress_2)} / {_fmt(rw.stress_3)}"
+        )
+    print(
+        f"residuals max {float(np.max(res.residuals)):.2g}, all converged: "
+        f"{bool(np.all(res.converged))}; seconds: {seconds:.1f}"
+    )
+
+    doc = dict(
+        settings=dict(
+            problem=_problem_name(args),
+            model=model.config,
+            num_params=int(model.num_params),
+            num_steps=int(T),
+            every=int(every),
+            steps=[int(s) for s in steps],
+            num_checkpoints=int(m),
+            num_inputs=int(n_in),
+            kind=kind,
+            sigma=None if kind == "categorical" else float(x["sigma"]),
+            num_components=int(args.num_components),
+            method=args.method,
+            seed=int(args.seed),
+        ),
+        inpca=res.to_dict(include_coords=True),
+        ribbon=None if rw is None else rw.to_dict(),
+        ribbon_note=None if rw is not None else ribbon_note,
+        seconds=seconds,
+        environment=environment(),
+    )
+    if not args.no_plot:
+        figs = _plot_trajectory(res, rw, steps, args.out, label)
+        if figs:
+            doc["figures"] = figs
+            print("figures: " + ", ".join(figs))
+    path = os.path.join(args.out, "trajectory.json")
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+    print(f"json: {path}")
+    return 0
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def _plot_trajectory(res, rw, steps, out: str, label: str) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(
+            "no figures: matplotlib is not installed (pip install 'matfree-tj[plot]'); "
+            "the table and JSON are complete without it",
+            file=sys.stderr,
+        )
+        return []
+    import numpy as np
+
+    os.makedirs(out, exist_ok=True)
+    paths = []
+    X, k = np.asarray(res.coords), res.num_components
+    pairs = [(0, 1), (0, 2)] if k >= 3 else [(0, 1)] if k >= 2 else []
+    if pairs:
+        fig, axes = plt.subplots(
+            1, len(pairs), figsize=(4.6 * len(pairs), 3.8), squeeze=False, layout="constrained"
+        )
+        for ax, (i, j) in zip(axes[0], pairs, strict=True):
+            ax.plot(X[:, i], X[:, j], "-", color="0.8", lw=0.8, zorder=1)
+            sc = ax.scatter(X[:, i], X[:, j], c=steps, cmap="viridis", s=14, zorder=2)
+            ax.set(
+                xlabel=f"InPCA {i + 1} (lambda {res.eigenvalues[i]:+.3g})",
+                ylabel=f"InPCA {j + 1} (lambda {res.eigenvalues[j]:+.3g})",
+            )
+        fig.colorbar(sc, ax=axes[0].tolist(), label="training step")
+        fig.suptitle(f"trajectory of {label}", fontsize=9)
+        paths.append(os.path.join(out, "trajectory_embedding.png"))
+        fig.savefig(paths[-1], dpi=80)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    ax.plot(np.arange(1, k + 1), res.explained_stress, "o-", ms=3)
+    ax.set(
+        xlabel="components j",
+        ylabel="explained stress chi_j",
+        ylim=(0, 1.02),
+        title="stress explained by the first j components",
+    )
+    fig.tight_layout()
+    paths.append(os.path.join(out, "trajectory_stress.png"))
+    fig.savefig(paths[-1], dpi=80)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    w = np.sqrt(np.abs(np.asarray(res.eigenvalues)))
+    idx = np.arange(k)
+    pos = np.asarray(res.eigenvalues) >= 0
+    ax.semilogy(idx[pos] + 1, w[pos], "o", ms=4, label="lambda > 0")
+    ax.semilogy(idx[~pos] + 1, w[~pos], "s", ms=4, mfc="none", label="lambda < 0")
+    if rw is not None:
+        a, b = rw.fit_range
+        fit = np.exp(rw.intercept + rw.log_slope * idx[a:b])
+        ax.semilogy(
+            idx[a:b] + 1,
+            fit,
+            "-",
+            color="0.4",
+            lw=1,
+            label=f"ratio {rw.decay_ratio:.3f} per component",
+        )
+    ax.set(xlabel="component i", ylabel="width sqrt|lambda_i|", title="ribbon widths")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(os.path.join(out, "trajectory_widths.png"))
+    fig.savefig(paths[-1], dpi=80)
+    plt.close(fig)
+    return paths
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``matfree-tj``; returns the exit status."""
     parser = build_parser()
@@ -662,6 +977,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "spectrum":
             return _spectrum(args, parser)
+        if args.command == "trajectory":
+            return _trajectory(args, parser)
         return _study(args, parser)
     except ValueError as e:
         # options that only the model can check (num_steps <= P, a product budget too small

@@ -42,6 +42,7 @@ __all__ = [
     "load_digits_split",
     "LinearRegression",
     "linear_regression",
+    "linear_apply",
     "momentum_gd_singular_values",
 ]
 
@@ -123,9 +124,17 @@ class TrainingRun:
     batches: Any
     config: dict
 
+    #: what ``matfree-tj trajectory`` compares checkpoints by: class probabilities of ``apply``
+    prediction_kind = "categorical"
+
     @property
     def num_params(self) -> int:
         return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(self.params0)))
+
+    @property
+    def probe_inputs(self) -> jax.Array:
+        """The inputs on which trajectory geometry compares checkpoints: the test set."""
+        return self.X_test
 
     def test_loss(self, params: dict) -> jax.Array:
         return cross_entropy(self.apply, params, (self.X_test, self.y_test))
@@ -683,6 +692,10 @@ class LinearRegression:
     eta: float
     momentum: float
     num_steps: int
+    apply: Callable[[jax.Array, jax.Array], jax.Array] = None  # linear_apply
+    probe_inputs: Any = None
+    prediction_kind: str = "gaussian"
+    sigma: float = 1.0
 
     @property
     def singular_values(self) -> np.ndarray:
@@ -740,5 +753,21 @@ def linear_regression(
     train_fn = make_train_fn(loss_fn, opt, full_batch_schedule((X, y), num_steps))
     factors = momentum_gd_singular_values(lam, eta, num_steps, momentum)
     return LinearRegression(
-        train_fn, params0, X, y, lam, W, factors, float(eta), float(momentum), int(num_steps)
+        train_fn,
+        params0,
+        X,
+        y,
+        lam,
+        W,
+        factors,
+        float(eta),
+        float(momentum),
+        int(num_steps),
+        apply=linear_apply,
+        probe_inputs=X,
     )
+
+
+def linear_apply(w: jax.Array, x: jax.Array) -> jax.Array:
+    """The linear model's predictions ``x @ w``."""
+    return x @ w

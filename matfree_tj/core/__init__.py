@@ -25,3 +25,6 @@ from ._train import TrainState as TrainState
 from ._train import full_batch_schedule as full_batch_schedule
 from ._train import make_train_fn as make_train_fn
 from ._train import minibatch_schedule as minibatch_schedule
+from ._trajectory import Trajectory as Trajectory
+from ._trajectory import record_trajectory as record_trajectory
+from ._trajectory import trajectory_predictions as trajectory_predictions

@@ -405,8 +405,13 @@ class TrainFn:
 
         return value_fn
 
-    def final_state(self, params0: Any) -> TrainState:
-        """Run the training and return the final :class:`TrainState` (differentiable)."""
+    def _pieces(self, params0: Any):
+        """The run's parts, shared by :meth:`final_state` and
+        :func:`~matfree_tj.record_trajectory`: ``(carry0, step, finish)``.
+
+        ``step(carry, (t, batch)) -> (carry, None)`` is one optimizer step (``batch`` is
+        ignored for a :class:`FullBatch` schedule); ``finish(carry) -> TrainState`` puts the
+        static leaves back."""
         # Split array leaves (trained) from everything else (static, e.g. activation functions).
         arrays, static = eqx.partition(params0, eqx.is_array)
         opt_state = self.optimizer.init(arrays)
@@ -432,10 +437,20 @@ class TrainFn:
                 updates, s = optimizer.update(grads, s, p)
             return (optax.apply_updates(p, updates), s, m), None
 
+        def finish(carry) -> TrainState:
+            p, s, m = carry
+            model_state = None if self.model_state is None else eqx.combine(m, mstatic)
+            return TrainState(eqx.combine(p, static), s, model_state)
+
+        return (arrays, opt_state, mstate), step, finish
+
+    def final_state(self, params0: Any) -> TrainState:
+        """Run the training and return the final :class:`TrainState` (differentiable)."""
+        carry, step, finish = self._pieces(params0)
+        full_batch = isinstance(self.batches, FullBatch)
         T = self.num_steps
         # The step index rides along with the batches: per-step keys are fold_in(key, t).
         xs = (jnp.arange(T), None if full_batch else self.batches)
-        carry = (arrays, opt_state, mstate)
         if self.checkpoint == "none":
             carry, _ = jax.lax.scan(step, carry, xs, unroll=self.unroll)
         elif self.checkpoint == "step":
@@ -456,9 +471,7 @@ class TrainFn:
             carry, _ = jax.lax.scan(run_block, carry, head)
             if rest:
                 carry, _ = jax.lax.scan(jax.checkpoint(step), carry, tail)
-        p, s, m = carry
-        model_state = None if self.model_state is None else eqx.combine(m, mstatic)
-        return TrainState(eqx.combine(p, static), s, model_state)
+        return finish(carry)
 
 
 def make_train_fn(
