@@ -7,6 +7,7 @@ or probe of repeated work. Corrupt and foreign state folders raise clear errors;
 line stops on SIGINT with exit 130 and one line, and continues with ``--resume``.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -216,6 +217,8 @@ def test_kill_9_after_the_first_restart_then_resume(problem, reference, tmp_path
     )
     first = state / "top_lanczos-00.cycle.state"
     _wait_for(first.exists, proc)
+    # then into the next cycle (the first cycle is 28 products, plus the fingerprint's one)
+    _wait_for(lambda: count.exists() and int(count.read_text() or 0) >= 29 + 4, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL
@@ -234,3 +237,82 @@ def test_kill_9_after_the_first_restart_then_resume(problem, reference, tmp_path
     # work lost to the kill: products begun after the last saved state, at most one cycle
     assert 0 <= begun - 1 - saved <= CYCLE, (begun, saved)
     print(f"killed after {begun} products begun, {saved} saved; resumed: {n_again}")
+
+
+TINY = """
+import jax, jax.numpy as jnp, optax
+import matfree_tj as mtj
+
+
+def run(dtype=None):
+    \"\"\"A tanh regression 6 -> 20 -> 1 (P = 140), 20 steps of full-batch GD.\"\"\"
+    key = jax.random.key(0)
+    X = jax.random.normal(key, (16, 6), dtype)
+    y = jnp.sin(jnp.arange(16, dtype=dtype))
+
+    def loss_fn(w, batch):
+        Xb, yb = batch
+        return 0.5 * jnp.mean((jnp.tanh(Xb @ w["a"]) @ w["b"] - yb) ** 2)
+
+    params0 = {
+        "a": jax.random.normal(jax.random.fold_in(key, 1), (6, 20), dtype) / 2,
+        "b": jnp.ones((20,), dtype) / 4,
+    }
+    train_fn = mtj.make_train_fn(loss_fn, optax.sgd(0.2), mtj.full_batch_schedule((X, y), 20))
+    return train_fn, params0
+"""
+
+
+def test_cli_ctrl_c_saves_and_resume_continues(x64, tmp_path, monkeypatch):
+    """SIGINT to ``matfree-tj spectrum --resume DIR`` once a state file is on disk: exit 130,
+    one line on stderr after the progress lines, no traceback, the state kept; the same command
+    continues (here in-process) and writes the numbers of an uninterrupted run."""
+    import importlib
+
+    from matfree_tj.app import cli
+
+    (tmp_path / "tiny_resume.py").write_text(TINY)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    importlib.invalidate_caches()
+    args = ["spectrum", "--problem", "tiny_resume:run", "--dtype", "float64", "--num-top", "3"]
+    args += ["--num-probes", "4", "--num-steps", "60", "--no-plot"]
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "matfree_tj", *args, "--resume", str(state)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def saved():  # finished state files (not the temporaries of a write under way)
+        names = os.listdir(state) if state.exists() else []
+        return [f for f in names if f.endswith(".state") and not f.startswith(".")]
+
+    _wait_for(saved, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last == (
+        f"matfree-tj: interrupted; progress is saved in {state}; run the same command to continue"
+    )
+    assert not out.strip()  # no results printed
+    assert saved()
+    try:
+        rc = cli.main([*args, "--resume", str(state), "--json", "resumed.json", "--quiet"])
+        assert rc == 0
+        rc = cli.main([*args, "--resume", "fresh", "--json", "whole.json", "--quiet"])
+        assert rc == 0
+    finally:
+        sys.modules.pop("tiny_resume", None)
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("resumed.json", "whole.json"))
+    for d in (a, b):
+        for k in ("seconds", "run_id", "resume_dir", "environment"):
+            d.pop(k)
+        d["settings"].pop("top_seconds")
+    assert a == b
+    # a different command with the folder: a clear error, exit 1
+    rc = cli.main([*args[:-3], "--num-steps", "50", "--no-plot", "--resume", str(state)])
+    assert rc == 1
