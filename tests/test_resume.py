@@ -7,6 +7,7 @@ or probe of repeated work. Corrupt and foreign state folders raise clear errors;
 line stops on SIGINT with exit 130 and one line, and continues with ``--resume``.
 """
 
+import io
 import json
 import os
 import shutil
@@ -316,3 +317,52 @@ def test_cli_ctrl_c_saves_and_resume_continues(x64, tmp_path, monkeypatch):
     # a different command with the folder: a clear error, exit 1
     rc = cli.main([*args[:-3], "--num-steps", "50", "--no-plot", "--resume", str(state)])
     assert rc == 1
+
+
+def test_bottom_singular_resumes_identically(problem, tmp_path):
+    """The bottom end uses the same hooks: stopped after cycle 1, resumed, identical (the
+    module's operator and basis size: its kernels are compiled already)."""
+    op, _ = problem
+    kw = dict(key=jax.random.key(1), num_basis=14, max_products=200, verify=False)
+    ref = mtj.bottom_singular(op, 2, **kw, checkpoint=RunStore(tmp_path / "a"))
+    with pytest.raises(KeyboardInterrupt):
+        mtj.bottom_singular(
+            op, 2, **kw, checkpoint=RunStore(tmp_path / "b"), progress=_stop_at("cycle 1:")
+        )
+    again = mtj.bottom_singular(op, 2, **kw, checkpoint=RunStore(tmp_path / "b"))
+    assert ref.num_restarts >= 2 and again.num_products == ref.num_products
+    for name in ("s", "U", "V", "residuals", "converged"):
+        assert np.array_equal(np.asarray(getattr(again, name)), np.asarray(getattr(ref, name)))
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_lines_and_quiet(monkeypatch):
+    """On a terminal: a bar with count, rate and ETA that log lines clear and redraw over; not on
+    a terminal: the lines only; quiet: nothing. (Our own bar: tqdm hidden.)"""
+    from matfree_tj.app._progress import Progress
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm fails: the own bar
+    term = _Terminal()
+    p = Progress(stream=term)
+    p.update("SLQ probes", 0, 10, "probes")
+    time.sleep(0.02)
+    p.update("SLQ probes", 4, 10, "probes")
+    p("a line")
+    p.close()
+    text = term.getvalue()
+    assert "[########............] SLQ probes: 4/10 probes" in text and "ETA 00:0" in text
+    assert "\r\033[K[" in text and "] a line\n" in text
+    plain = io.StringIO()
+    p = Progress(stream=plain)
+    p.update("SLQ probes", 4, 10, "probes")
+    p("a line")
+    assert plain.getvalue().endswith("] a line\n") and "SLQ" not in plain.getvalue()
+    quiet = _Terminal()
+    p = Progress(quiet=True, stream=quiet)
+    p.update("x", 1, 2)
+    p("a line")
+    assert quiet.getvalue() == ""
