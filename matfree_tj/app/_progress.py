@@ -73,8 +73,13 @@ class Progress:
             except ImportError:
                 tqdm = None
             if tqdm is not None:
-                self._tqdm = tqdm(
-                    total=total, desc=label, unit=f" {unit}", file=self.stream, leave=False
+                self._tqdm = tqdm(  # the rate counts from here: the first count is initial
+                    total=total,
+                    initial=done,
+                    desc=label,
+                    unit=f" {unit}",
+                    file=self.stream,
+                    leave=False,
                 )
         if self._tqdm is not None:
             self._tqdm.update(done - self._tqdm.n)

@@ -489,13 +489,6 @@ def _spectrum(args, parser) -> int:
     cfg = _study_config(args).resolved()
     t0 = time.perf_counter()
     run_id = uuid.uuid4().hex[:12]
-    stale = [args.json] if args.json else []
-    if not args.no_plot:
-        stale.append(_figure_path(args.out, args.backend))
-    for path in stale:  # a run that fails must not leave a previous run's results as its own
-        if os.path.exists(path):
-            os.remove(path)
-            log(f"removed the previous run's {path}")
     if _problem_name(args) == "digits_mlp":
         model = build_model(cfg)
         label = f"the digits MLP (hidden={cfg.hidden}, {cfg.optimizer}, seed={cfg.seed})"
@@ -526,6 +519,13 @@ def _spectrum(args, parser) -> int:
                 "options": {k: v for k, v in vars(args).items() if k not in skip},
             },
         )
+    stale = [args.json] if args.json else []
+    if not args.no_plot:
+        stale.append(_figure_path(args.out, args.backend))
+    for path in stale:  # a run that fails must not leave a previous run's results as its own
+        if os.path.exists(path):
+            os.remove(path)
+            log(f"removed the previous run's {path}")
     cache = {} if args.cache == "auto" else dict(forward="jvp", cache_reverse=False)
     J = training_jacobian(model.train_fn, model.params0, checkpoint=args.checkpoint, **cache)
     log(f"products: cached {J.cached}, checkpoint {args.checkpoint}")

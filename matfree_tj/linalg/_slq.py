@@ -106,7 +106,7 @@ def _slq_chunks(op, Z, keys, num_steps, chunk, stage, progress):
             out = (saved["R"], saved["Uz"], saved["finite"])
         parts.append(out)
         done = min(i + chunk, n)
-        tick(progress, "SLQ probes", done, n, "probes")
+        tick(progress, "SLQ", 2 * num_steps * done, 2 * num_steps * n, "products")
         if progress is not None and saved is None:
             progress(f"SLQ: {done}/{n} probes ({2 * num_steps * done} products)")
     return tuple(np.concatenate(x) for x in zip(*parts, strict=True))
