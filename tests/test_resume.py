@@ -305,16 +305,16 @@ def test_cli_ctrl_c_saves_and_resume_continues(x64, tmp_path, monkeypatch):
     assert saved()
     try:
         rc = cli.main([*args, "--resume", str(state), "--json", "resumed.json", "--quiet"])
+        assert rc == 0
+        d = json.loads((tmp_path / "resumed.json").read_text())
+        assert d["resume_dir"] == str(state) and len(d["run_id"]) == 12
+        assert abs(sum(d["counts"].values()) - 140) < 1e-9  # per-probe counts sum to P
+        # (that a resumed run equals an uninterrupted one is checked above, in the library)
+        # a different command with the folder: a clear error, exit 1
+        rc = cli.main([*args[:-3], "--num-steps", "50", "--no-plot", "--resume", str(state)])
+        assert rc == 1
     finally:
         sys.modules.pop("tiny_resume", None)
-    assert rc == 0
-    d = json.loads((tmp_path / "resumed.json").read_text())
-    assert d["resume_dir"] == str(state) and len(d["run_id"]) == 12
-    assert abs(sum(d["counts"].values()) - 140) < 1e-9  # per-probe counts sum to P
-    # (that a resumed run equals an uninterrupted one is checked above, in the library)
-    # a different command with the folder: a clear error, exit 1
-    rc = cli.main([*args[:-3], "--num-steps", "50", "--no-plot", "--resume", str(state)])
-    assert rc == 1
 
 
 def test_bottom_singular_resumes_identically(problem, tmp_path):

@@ -7,6 +7,8 @@ returning ``.train_fn`` and ``.params0``), matrix-free by default, and prints
 gets a PNG of the values.
 ``study`` runs the eight experiments of Belrose & Scherlis (2024) into ``--out``: ``study.json``,
 PNG figures and ``summary.md``. ``--quick`` uses a tiny model and few probes (seconds).
+``spectrum --resume DIR`` saves progress after every restart cycle and SLQ probe and continues a
+killed run (README, "Long runs: resume and progress"); Ctrl-C stops with one line, exit 130.
 """
 
 from __future__ import annotations
