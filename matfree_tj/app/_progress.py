@@ -47,6 +47,7 @@ class Progress:
         self._tqdm: Any = None
         self._start = (0.0, 0)  # time and count when the current stage's bar began
         self._drawn = False
+        self._last = 0
 
     def __call__(self, msg: str) -> None:
         if self.quiet:
@@ -64,7 +65,7 @@ class Progress:
         """The current stage has ``done`` of ``total`` (``None``: unknown) ``unit``."""
         if not self.bar:
             return
-        if label != self._label:
+        if label != self._label or done < self._last:  # a new stage (or a new solve of one)
             self.close()
             self._label = label
             self._start = (time.perf_counter(), done)
@@ -81,6 +82,7 @@ class Progress:
                     file=self.stream,
                     leave=False,
                 )
+        self._last = done
         if self._tqdm is not None:
             self._tqdm.update(done - self._tqdm.n)
             return
