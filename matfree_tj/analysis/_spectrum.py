@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ..core import AbstractOperator
 from ..linalg import (
+    RunStore,
     SingularTriplets,
     SpectrumProfile,
     count_interval,
@@ -158,6 +161,7 @@ def spectrum_summary(
     top_opts: Mapping | None = None,
     progress: Callable[[str], None] | None = None,
     max_products: int | None = None,
+    resume_dir: str | os.PathLike | RunStore | None = None,
 ) -> SpectrumSummary:
     r"""Singular values of ``J`` and the chaotic / bulk / stable counts with error bars.
 
@@ -199,6 +203,20 @@ def spectrum_summary(
         taking fewer probes (down to 2), then fewer steps than the resolution rule asks for.
         A budget-limited quadrature is flagged (``settings["budget_limited"]``, a warning)
         and its bias shows in ``settings["quadrature_bounds"]``.
+    resume_dir
+        Matrix-free: a folder (or a :class:`~matfree_tj.linalg.RunStore`) where the run's
+        progress is saved atomically after every restart cycle of the top-k solver and every
+        SLQ probe (which then run one at a time; see
+        :func:`~matfree_tj.singular_value_density`). Calling again with the same folder
+        continues where a killed or interrupted run stopped, repeating at most one cycle or
+        probe, and gives the same numbers as an uninterrupted run with the folder (identical:
+        the probes come from ``key`` up front and each stage continues from its saved
+        state). The folder records what identifies the run (``P``, dtype, the options, the
+        key, the code version and a fingerprint of the operator: ``||J v||`` and
+        ``cos(w, J v)`` for fixed random ``v, w``, one extra product); another run pointed
+        at it raises :class:`~matfree_tj.linalg.ResumeError`, as does a corrupt or
+        truncated state file (delete the folder to start over). A ``top_opts`` method
+        ``"randomized"`` top stage is not saved (it reruns on resume).
 
     Cost
     ----
@@ -225,6 +243,11 @@ def spectrum_summary(
             f"Expected 1 <= num_top <= {top_max} (backend {backend!r}), got {num_top}."
         )
     t0 = time.perf_counter()
+    if resume_dir is not None and backend == "dense":
+        raise ValueError(
+            "resume_dir applies to the matrix-free backend (the dense one is a single SVD); "
+            "drop resume_dir or use backend='matrix-free'."
+        )
     if backend == "dense":
         given = svd is not None
         if not given:
@@ -272,6 +295,16 @@ def spectrum_summary(
     if progress is not None and t_opts.get("method", "lanczos") == "lanczos":
         t_opts.setdefault("progress", progress)
     k_first = max(int(num_top), num_deflate)
+    store, rc_opts = None, {}
+    if resume_dir is not None:
+        store = _open_store(resume_dir, J, key, t_opts, locals_=dict(
+            lo=lo, hi=hi, num_top=num_top, num_probes=num_probes, num_steps=num_steps,
+            num_deflate=num_deflate, max_products=max_products,
+        ))  # fmt: skip
+        rc_opts = {"checkpoint": store.sub("counts"), "progress": progress}
+        if t_opts.get("method", "lanczos") == "lanczos":
+            t_opts["checkpoint"] = store.sub("top")
+        _say(progress, f"saving progress in {store.path}")
     _say(progress, f"top {k_first} singular triplets (Lanczos, tol {t_opts['tol']:g})")
     top = top_singular(J, k_first, key=k_top, **t_opts)
     t_top = time.perf_counter() - t0
@@ -308,7 +341,7 @@ def spectrum_summary(
         f"({n_slq} products, about {n_slq * per_product / 60:.1f} min at that rate), "
         f"{int(conv.sum()) if deflate is not None else 0} deflated",
     )
-    rc = region_counts(J, key=k_rc, lo=lo, hi=hi, method="slq", deflate=deflate, **opts)
+    rc = region_counts(J, key=k_rc, lo=lo, hi=hi, method="slq", deflate=deflate, **opts, **rc_opts)
     _say(progress, f"SLQ done in {time.perf_counter() - t0 - t_top:.1f}s")
     counts = {r: _get(rc, r) for r in REGIONS}
     stderr = {r: _get(rc.stderr, r) for r in REGIONS}
@@ -346,6 +379,39 @@ def spectrum_summary(
         ),
         profile=profile,
     )
+
+
+def _open_store(resume_dir, J, key, t_opts, locals_) -> RunStore:
+    """The run-state folder of a :func:`spectrum_summary`, claimed for this run: its options,
+    key, code version, the operator's shape and dtype, and a fingerprint of the operator
+    (``||J v||`` and ``cos(w, J v)`` for fixed random ``v, w``: one product)."""
+    from .. import __version__
+
+    store = resume_dir if isinstance(resume_dir, RunStore) else RunStore(resume_dir)
+    P = J.shape[1]
+    opts = {k: v for k, v in t_opts.items() if k not in ("progress", "checkpoint")}
+    store.claim(
+        "spectrum_summary",
+        dict(
+            locals_,
+            top_opts=opts,
+            key=np.asarray(jax.random.key_data(key)).tolist(),
+            shape=list(J.shape),
+            dtype=str(J.dtype),
+            version=__version__,
+        ),
+    )
+    kv, kw = jax.random.split(jax.random.key(20261201))
+    v = jax.random.normal(kv, (P,), J.dtype)
+    w = np.asarray(jax.random.normal(kw, (J.shape[0],), J.dtype), np.float64)
+    Jv = np.asarray(J.mv(v), np.float64)
+    nJv = float(np.linalg.norm(Jv))
+    # 2 + cos(w, Jv) lies in [1, 3]: a relative tolerance suits it even when w^T Jv ~ 0
+    cos = 2.0 + float(w @ Jv) / max(nJv * float(np.linalg.norm(w)), 1e-300)
+    # products in float32 may differ in the last bits between processes or devices
+    rtol = 1e3 * float(jnp.finfo(J.dtype).eps)
+    store.claim("operator_fingerprint", {"norm_Jv": nJv, "two_plus_cos_w_Jv": cos}, rtol=rtol)
+    return store
 
 
 def auto_num_steps(

@@ -13,6 +13,19 @@ from .. import analysis as an
 __all__ = ["figures", "draw_spectrum", "spectrum_figure"]
 
 
+def save_png(fig, path: str, dpi: int = 80) -> str:
+    """Write ``fig`` to ``path`` atomically (a killed run never leaves half a PNG, nor a
+    previous run's PNG replaced by a partial one) and close it."""
+    import matplotlib.pyplot as plt
+
+    from ..linalg import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return path
+
+
 def draw_spectrum(
     axes,
     *,
@@ -202,9 +215,7 @@ def spectrum_figure(
     )
     ax[1].set_title(f"distance from 1\ncounts [95% range]: {counts}", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=100)
 
 
 def figures(results: dict, out: str) -> list[str]:
@@ -228,9 +239,7 @@ def figures(results: dict, out: str) -> list[str]:
     def save(fig, name):
         p = os.path.join(out, name)
         fig.tight_layout()
-        fig.savefig(p, dpi=80)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(save_png(fig, p))
 
     for b, r in results["backends"].items():
         tag = b.replace("-", "")

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..linalg import atomic_write
 from ._figures import figures
 
 __all__ = ["write_report"]
@@ -82,10 +83,9 @@ def write_report(results: dict, out: str) -> dict:
     """Write ``study.json``, the PNG figures and ``summary.md`` into ``out``; return the paths."""
     os.makedirs(out, exist_ok=True)
     jpath = os.path.join(out, "study.json")
-    with open(jpath, "w") as f:
-        json.dump(results, f, indent=1, default=_json_default)
+    # atomically (temporary file, then rename): a kill never leaves half a file
+    atomic_write(jpath, json.dumps(results, indent=1, default=_json_default))
     figs = figures(results, out)
     mpath = os.path.join(out, "summary.md")
-    with open(mpath, "w") as f:
-        f.write(_markdown(results, figs, out))
+    atomic_write(mpath, _markdown(results, figs, out))
     return {"json": jpath, "figures": figs, "markdown": mpath}

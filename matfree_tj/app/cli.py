@@ -10,6 +10,8 @@ PNG figures and ``summary.md``. ``--quick`` uses a tiny model and few probes (se
 ``trajectory`` records one run's checkpoints every ``--every`` steps and writes the InPCA
 embedding of their predictions (the hyper-ribbon: eigenvalues, explained stress, widths and
 their decay) as ``trajectory.json`` and PNGs into ``--out``.
+``spectrum --resume DIR`` saves progress after every restart cycle and SLQ probe and continues a
+killed run (README, "Long runs: resume and progress"); Ctrl-C stops with one line, exit 130.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import math
 import os
 import sys
 import time
+import uuid
 
 __all__ = ["main", "build_parser"]
 
@@ -198,6 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="matrix-free: also materialise J and take its dense SVD (P products, P^2 memory), "
         "overlay it on the picture and report the share of indices inside the 95%% band",
     )
+    sp.add_argument(
+        "--resume",
+        default=None,
+        metavar="DIR",
+        help="matrix-free: save progress in DIR after every restart cycle and SLQ probe; the "
+        "same command with the same DIR continues a killed or interrupted run (identical "
+        "numbers); another run's DIR is an error",
+    )
+    sp.add_argument(
+        "--restart",
+        action="store_true",
+        help="with --resume: delete the state saved in DIR and start over",
+    )
 
     st = sub.add_parser(
         "study",
@@ -296,12 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _log(args):
-    t0 = time.perf_counter()
-    if args.quiet:
-        return lambda msg: None
-    return lambda msg: print(
-        f"[{time.perf_counter() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True
-    )
+    """Progress lines on stderr with the seconds since the start, and a bar of the current
+    stage when stderr is a terminal (:class:`~matfree_tj.app._progress.Progress`); nothing with
+    ``--quiet``."""
+    from ._progress import Progress
+
+    return Progress(quiet=args.quiet)
 
 
 def _setup(args, parser) -> None:
@@ -315,6 +331,10 @@ def _setup(args, parser) -> None:
     if args.command == "study" and args.num_seeds < 2:
         parser.error(f"--num-seeds must be >= 2, got {args.num_seeds}")
     _check_problem_options(args, parser)
+    if getattr(args, "resume", None) is not None and args.backend == "dense":
+        parser.error("--resume applies to --backend matrix-free (dense is a single SVD)")
+    if getattr(args, "restart", False) and getattr(args, "resume", None) is None:
+        parser.error("--restart needs --resume DIR (the folder to start over in)")
     _check_outputs(args, parser)
     if args.dtype == "float64":
         import jax
@@ -529,8 +549,10 @@ def _spectrum(args, parser) -> int:
     if args.compare_dense and args.backend == "dense":
         parser.error("--compare-dense adds a dense SVD to a matrix-free run; drop --backend dense")
     log = _log(args)
+    args._log = log  # main() closes its bar on an interrupt
     cfg = _study_config(args).resolved()
     t0 = time.perf_counter()
+    run_id = uuid.uuid4().hex[:12]
     if _problem_name(args) == "digits_mlp":
         model = build_model(cfg)
         label = f"the digits MLP (hidden={cfg.hidden}, {cfg.optimizer}, seed={cfg.seed})"
@@ -546,6 +568,28 @@ def _spectrum(args, parser) -> int:
         + (f", T={steps_t} steps" if steps_t is not None else "")
         + "; building the training Jacobian"
     )
+    store = None
+    if args.resume is not None:
+        from ..linalg import RunStore
+
+        store = RunStore(args.resume, restart=args.restart)
+        skip = ("out", "json", "no_plot", "quiet", "resume", "restart", "_log")
+        store.claim(
+            "command",
+            {
+                "command": "spectrum",
+                "problem": _problem_name(args),
+                "model": model.config,
+                "options": {k: v for k, v in vars(args).items() if k not in skip},
+            },
+        )
+    stale = [args.json] if args.json else []
+    if not args.no_plot:
+        stale.append(_figure_path(args.out, args.backend))
+    for path in stale:  # a run that fails must not leave a previous run's results as its own
+        if os.path.exists(path):
+            os.remove(path)
+            log(f"removed the previous run's {path}")
     cache = {} if args.cache == "auto" else dict(forward="jvp", cache_reverse=False)
     J = training_jacobian(model.train_fn, model.params0, checkpoint=args.checkpoint, **cache)
     log(f"products: cached {J.cached}, checkpoint {args.checkpoint}")
@@ -569,7 +613,9 @@ def _spectrum(args, parser) -> int:
         num_deflate=args.num_deflate,
         progress=log,
         max_products=args.max_products,
+        resume_dir=store,
     )
+    log.close()
     seconds = time.perf_counter() - t0
     log(f"done in {seconds:.1f}s")
 
@@ -617,6 +663,7 @@ def _spectrum(args, parser) -> int:
 
     doc = summ.to_dict(include_all_values=True)  # dense: all P values; matrix-free: top only
     doc.update(
+        run_id=run_id,
         seconds=seconds,
         problem=_problem_name(args),
         dtype=str(J.dtype),
@@ -647,13 +694,20 @@ def _spectrum(args, parser) -> int:
         if png:
             doc["figure"] = png
             print(f"figure: {png}")
+    if store is not None:
+        doc["resume_dir"] = store.path
     if args.json:
+        from ..linalg import atomic_write
+
         d = os.path.dirname(os.path.abspath(args.json))
         os.makedirs(d, exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1)
+        atomic_write(args.json, json.dumps(doc, indent=1))
         print(f"json: {args.json}")
     return 0
+
+
+def _figure_path(out: str, backend: str) -> str:
+    return os.path.join(out, f"spectrum_{backend.replace('-', '')}.png")
 
 
 def _plot_spectrum(summ, out: str, dense_values=None) -> str | None:
@@ -672,8 +726,7 @@ def _plot_spectrum(summ, out: str, dense_values=None) -> str | None:
     from ._figures import spectrum_figure
 
     os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, f"spectrum_{summ.backend.replace('-', '')}.png")
-    return spectrum_figure(summ, path, values=dense_values)
+    return spectrum_figure(summ, _figure_path(out, summ.backend), values=dense_values)
 
 
 def _study(args, parser) -> int:
@@ -692,7 +745,12 @@ def _study(args, parser) -> int:
         max_products=args.max_products,
         tol=args.tol,
     )
-    progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    progress = None if args.quiet else _log(args)
+    args._log = progress
+    for name in ("study.json", "summary.md"):  # not a previous run's results as this one's
+        path = os.path.join(args.out, name)
+        if os.path.exists(path):
+            os.remove(path)
     results = run_study(cfg, key=jax.random.key(args.seed), progress=progress)
     paths = write_report(results, args.out)
     for row in results["claims"]:
@@ -886,8 +944,9 @@ def _trajectory(args, parser) -> int:
             doc["figures"] = figs
             print("figures: " + ", ".join(figs))
     path = os.path.join(args.out, "trajectory.json")
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
+    from ..linalg import atomic_write
+
+    atomic_write(path, json.dumps(doc, indent=1))
     print(f"json: {path}")
     return 0
 
@@ -911,6 +970,8 @@ def _plot_trajectory(res, rw, steps, out: str, label: str) -> list[str]:
         return []
     import numpy as np
 
+    from ._figures import save_png
+
     os.makedirs(out, exist_ok=True)
     paths = []
     X, k = np.asarray(res.coords), res.num_components
@@ -929,8 +990,7 @@ def _plot_trajectory(res, rw, steps, out: str, label: str) -> list[str]:
         fig.colorbar(sc, ax=axes[0].tolist(), label="training step")
         fig.suptitle(f"trajectory of {label}", fontsize=9)
         paths.append(os.path.join(out, "trajectory_embedding.png"))
-        fig.savefig(paths[-1], dpi=80)
-        plt.close(fig)
+        save_png(fig, paths[-1])
     fig, ax = plt.subplots(figsize=(4.2, 3.2))
     ax.plot(np.arange(1, k + 1), res.explained_stress, "o-", ms=3)
     ax.set(
@@ -941,8 +1001,7 @@ def _plot_trajectory(res, rw, steps, out: str, label: str) -> list[str]:
     )
     fig.tight_layout()
     paths.append(os.path.join(out, "trajectory_stress.png"))
-    fig.savefig(paths[-1], dpi=80)
-    plt.close(fig)
+    save_png(fig, paths[-1])
     fig, ax = plt.subplots(figsize=(4.2, 3.2))
     w = np.sqrt(np.abs(np.asarray(res.eigenvalues)))
     idx = np.arange(k)
@@ -964,13 +1023,14 @@ def _plot_trajectory(res, rw, steps, out: str, label: str) -> list[str]:
     ax.legend(fontsize=7)
     fig.tight_layout()
     paths.append(os.path.join(out, "trajectory_widths.png"))
-    fig.savefig(paths[-1], dpi=80)
-    plt.close(fig)
+    save_png(fig, paths[-1])
     return paths
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``matfree-tj``; returns the exit status."""
+    """Entry point of ``matfree-tj``; returns the exit status (130 after Ctrl-C)."""
+    from ..linalg import ResumeError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup(args, parser)
@@ -987,6 +1047,22 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # writing the results failed after the checks (disk full, removed)
         print(f"matfree-tj: cannot write the results: {e}", file=sys.stderr)
         return 1
+    except ResumeError as e:  # another run's folder, a corrupt state file
+        print(f"matfree-tj: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback; the saved state stays
+        log = getattr(args, "_log", None)
+        if log is not None and hasattr(log, "close"):
+            log.close()
+        resume = getattr(args, "resume", None)
+        if resume:
+            msg = f"progress is saved in {resume}; run the same command to continue"
+        elif args.command == "spectrum" and args.backend == "matrix-free":
+            msg = "nothing saved (--resume DIR makes a run continue where it stopped)"
+        else:
+            msg = "nothing saved"
+        print(f"matfree-tj: interrupted; {msg}", file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

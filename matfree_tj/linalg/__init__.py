@@ -27,6 +27,7 @@ imports from this package in brackets::
                                                                              _results, _dense)
     _subspace    principal cosines, projections                             ()
     _profile     spectrum_profile: sigma_i against i from the quadrature    (_quadrature)
+    _resume      RunStore (run state on disk, atomic writes), progress ticks (_results)
 """
 
 from ._dense import dense_svd as dense_svd
@@ -42,6 +43,10 @@ from ._randomized import randomized_svd as randomized_svd
 from ._results import RegionCounts as RegionCounts
 from ._results import SingularTriplets as SingularTriplets
 from ._results import Status as Status
+from ._resume import ResumeError as ResumeError
+from ._resume import RunStore as RunStore
+from ._resume import atomic_path as atomic_path
+from ._resume import atomic_write as atomic_write
 from ._slq import region_counts as region_counts
 from ._slq import singular_value_density as singular_value_density
 from ._subspace import principal_cosines as principal_cosines

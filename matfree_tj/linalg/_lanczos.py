@@ -38,6 +38,7 @@ symmetric eigenvalue problems", SIAM J. Matrix Anal. Appl. 22 (2000).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +55,7 @@ from ._precision import product_eps
 from ._randomized import randomized_svd
 from ._restart import default_keep, ritz, thick_restart
 from ._results import SingularTriplets, Status
+from ._resume import load_cycle, load_triplets, save_cycle, save_triplets, tick
 
 __all__ = ["top_singular", "bottom_singular"]
 
@@ -73,13 +75,16 @@ def _lanczos_svd(
     block_size=1,
     progress=None,
     stop_below=None,
+    checkpoint=None,
 ):
     """The restarted driver on validated arguments: cycles of ``num_basis`` steps, thick
     restarts keeping ``keep`` Ritz vectors, until the recurrence estimates of the ``k`` wanted
     residuals are a tenth of their tolerance, the basis is complete, or ``max_products`` would
     be exceeded; then :func:`finalise`. ``stop_below``: stop as soon as the top Ritz value plus
     its estimate is below it (the missed-value search only needs that). Cost: ``2 num_basis``
-    products, ``2 (num_basis - keep)`` per restart, ``2k`` for the final residuals."""
+    products, ``2 (num_basis - keep)`` per restart, ``2k`` for the final residuals.
+    ``checkpoint``: a :class:`~._resume.RunStore` (view); the state is saved after every
+    restart and the result at the end, and a saved state is continued from."""
     M, N = op.shape
     dtype = op.dtype
     r = min(M, N)
@@ -108,6 +113,23 @@ def _lanczos_svd(
     num_products = 0
     anorm = 0.0
     cycle = 0
+    stage = None
+    if checkpoint is not None:
+        stage = checkpoint.stage(
+            "lanczos", shape=op.shape, dtype=str(dtype), k=k, which=which, m=m, keep=keep, b=b,
+            tol=tol, atol=atol, max_products=max_products, stop_below=stop_below,
+        )  # fmt: skip
+        done = load_triplets(stage)
+        if done is not None:
+            _say(progress, f"lanczos ({which}): finished before, {done.num_products} products")
+            return done
+        saved = load_cycle(stage, dtype)
+        if saved is not None:  # continue bit-identically after the last saved restart
+            Ut, Vt, R, c = saved
+            start, num_products, anorm, cycle = (
+                c["start"], c["num_products"], c["anorm"], c["cycle"],
+            )  # fmt: skip
+            _say(progress, f"lanczos ({which}): resuming at cycle {cycle}, {num_products} products")
     status = Status.MAX_PRODUCTS
     while True:
         seed = seed0 + 1000.0 * cycle
@@ -127,6 +149,7 @@ def _lanczos_svd(
         est = np.linalg.norm(np.asarray(D, np.float64) @ X[:, order[:k]], axis=0)
         a = atol if atol is not None else 100 * eps * anorm
         if progress is not None:
+            tick(progress, f"lanczos ({which})", num_products, None)
             done = int(np.sum(est <= tol * S[order[:k]] + a))
             progress(
                 f"lanczos ({which}) cycle {cycle}: {num_products} products, {done}/{k} "
@@ -148,10 +171,13 @@ def _lanczos_svd(
         )
         start = keep
         cycle += 1
+        save_cycle(
+            stage, Ut, Vt, R, start=start, num_products=num_products, anorm=anorm, cycle=cycle
+        )
     idx = order[:k]
     U = mm(jnp.asarray(X[:, idx], dtype).T, Ut).T
     V = mm(jnp.asarray(Y[:, idx], dtype).T, Vt[:m]).T
-    return finalise(
+    res = finalise(
         op,
         U,
         V,
@@ -166,6 +192,12 @@ def _lanczos_svd(
         num_restarts=cycle,
         atol=atol,
     )
+    return save_triplets(stage, res)
+
+
+def _say(progress, msg):
+    if progress is not None:
+        progress(msg)
 
 
 def top_singular(
@@ -183,6 +215,7 @@ def top_singular(
     block_size: int | None = None,
     progress: Callable[[str], None] | None = None,
     verify: bool = True,
+    checkpoint: Any = None,
     **opts: Any,
 ) -> SingularTriplets:
     r"""The ``k`` largest singular triplets of ``op`` (descending).
@@ -243,6 +276,13 @@ def top_singular(
         40-150 products, counted in ``num_products``); ``status="unverified"`` if the budget
         runs out first. ``False`` skips it: every flagged value is then still a true singular
         value, but not necessarily among the top ``k``.
+    checkpoint
+        Optional :class:`~matfree_tj.linalg.RunStore` (or a view of one): the driver's state
+        (bases, projected matrix, counters) is saved atomically after every restart cycle and
+        the triplets when done; a run given a store that holds a saved state continues from it
+        and returns the same numbers as an uninterrupted run (identical: the remaining cycles
+        see the same inputs), repeating at most the cycle that was running. Lanczos only.
+        Cost: ``(2m + b) P`` numbers written per cycle.
 
     Returns
     -------
@@ -283,8 +323,8 @@ def top_singular(
     [100.0, 99.0, 98.0]
     """
     if method == "randomized":
-        if num_basis is not None or keep is not None or v0 is not None:
-            raise TypeError("num_basis, keep and v0 are options of method='lanczos'.")
+        if num_basis is not None or keep is not None or v0 is not None or checkpoint is not None:
+            raise TypeError("num_basis, keep, v0 and checkpoint are options of method='lanczos'.")
         return randomized_svd(
             op,
             k,
@@ -323,6 +363,7 @@ def top_singular(
         block_size=1 if block_size is None else block_size,
         progress=progress,
         verify=bool(verify),
+        checkpoint=checkpoint,
     )
 
 
@@ -341,6 +382,7 @@ def _run(
     block_size=1,
     progress=None,
     verify=False,
+    checkpoint=None,
 ):
     M, N = op.shape
     if M < N:
@@ -363,6 +405,7 @@ def _run(
             block_size=block_size,
             progress=progress,
             verify=verify,
+            checkpoint=checkpoint,
         )
         return dataclasses.replace(res, U=res.V, V=res.U)
     b = check_int("block_size", block_size, 1, max(1, min(op.shape) // 2), "min(shape) // 2")
@@ -410,12 +453,13 @@ def _run(
         v0=v0,
         block_size=b,
         progress=progress,
+        checkpoint=checkpoint,
     )
     if verify and res.status == Status.CONVERGED and k < min(op.shape):
         res = find_missed(
             op,
             res,
-            solve=_lanczos_svd,
+            solve=functools.partial(_lanczos_svd, checkpoint=checkpoint),
             which=which,
             key=k_check,
             tol=tol,
@@ -440,6 +484,7 @@ def bottom_singular(
     block_size: int = 1,
     progress: Callable[[str], None] | None = None,
     verify: bool = True,
+    checkpoint: Any = None,
 ) -> SingularTriplets:
     r"""The ``k`` smallest singular triplets of a square ``op`` (ascending), with honest flags.
 
@@ -494,6 +539,9 @@ def bottom_singular(
         can cost as much as the first; if it does not converge within ``max_products``,
         ``status="unverified"`` (the flags stay: each flagged value is still a true singular
         value). ``False`` skips it.
+    checkpoint
+        Optional :class:`~matfree_tj.linalg.RunStore`: save after every restart cycle and
+        resume, as in :func:`top_singular`.
 
     Returns
     -------
@@ -540,4 +588,5 @@ def bottom_singular(
         block_size=block_size,
         progress=progress,
         verify=verify,
+        checkpoint=checkpoint,
     )

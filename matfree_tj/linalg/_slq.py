@@ -49,6 +49,7 @@ from ._gkl import gkl_cycle
 from ._precision import product_error
 from ._quadrature import ResolutionWarning, SpectralDensity, probe_stderr, region_spans
 from ._results import RegionCounts, RegionStderr
+from ._resume import tick
 
 __all__ = ["singular_value_density", "region_counts"]
 
@@ -88,6 +89,29 @@ def _slq_batch(op: AbstractOperator, Z, keys, num_steps: int, batch_size: int):
     return jax.lax.map(one, (Z, keys), batch_size=batch_size)
 
 
+def _slq_chunks(op, Z, keys, num_steps, chunk, stage, progress):
+    """:func:`_slq_batch` on ``chunk`` probes at a time, each finished chunk saved to ``stage``
+    (part ``probes-<first>``) and a saved one loaded instead of recomputed."""
+    n = Z.shape[0]
+    parts, todo = [], 0
+    for i in range(0, n, chunk):
+        saved = stage.load(f"probes-{i:05d}")
+        if saved is None:
+            j = min(i + chunk, n)
+            out = run_guarded(_slq_batch, op, Z[i:j], keys[i:j], num_steps, j - i)
+            out = tuple(np.asarray(x) for x in out)
+            stage.save(f"probes-{i:05d}", dict(zip(("R", "Uz", "finite"), out, strict=True)))
+            todo += 1
+        else:
+            out = (saved["R"], saved["Uz"], saved["finite"])
+        parts.append(out)
+        done = min(i + chunk, n)
+        tick(progress, "SLQ", 2 * num_steps * done, 2 * num_steps * n, "products")
+        if progress is not None and saved is None:
+            progress(f"SLQ: {done}/{n} probes ({2 * num_steps * done} products)")
+    return tuple(np.concatenate(x) for x in zip(*parts, strict=True))
+
+
 def _probes(key, num_probes, P, dtype, kind):
     if kind == "rademacher":
         Z = jax.random.rademacher(key, (num_probes, P), dtype)
@@ -107,6 +131,8 @@ def singular_value_density(
     probes: str = "rademacher",
     probe_batch: int | None = None,
     deflate: Any = None,
+    checkpoint: Any = None,
+    progress: Any = None,
 ) -> SpectralDensity:
     r"""Estimate the distribution of the singular values of a square ``op`` by SLQ.
 
@@ -128,13 +154,28 @@ def singular_value_density(
         ``"rademacher"`` (default; lower variance) or ``"gaussian"``. Probes are normalised,
         so per-probe counts sum to ``P`` exactly.
     probe_batch
-        Probes run together under ``vmap`` (default: as many as fit in ~256 MB of bases).
+        Probes run together under ``vmap`` (default: as many as fit in ~256 MB of bases;
+        1 with a ``checkpoint``).
     deflate
         Optional :class:`~matfree_tj.SingularTriplets` (e.g. from :func:`top_singular`): its
         *converged* triplets are counted exactly and removed before the quadrature, which
         runs on :math:`A (I - V_c V_c^T)` with probes in the complement of :math:`V_c`. The
         counts' variance then comes from the remaining ``P - c`` values only and the
         resolution check uses the deflated :math:`\sigma_{max}`.
+    checkpoint
+        Optional :class:`~matfree_tj.linalg.RunStore`: the probes then run in chunks of
+        ``probe_batch`` (default 1), each chunk's projected matrices saved atomically when it
+        completes; a run given a store with saved chunks skips them. The probes are drawn from
+        ``key`` up front, so the numbers equal those of an uninterrupted run with the store
+        (identical), and a kill loses at most the chunk that was running. Cost of chunk 1:
+        the probes' products are no longer batched into block products (on CPU a batch of
+        many probes costs less per probe), plus ``m^2 + m`` numbers written per probe; a
+        larger ``probe_batch`` buys back the batching at the price of more repeated work
+        after a kill. (Without a store the probes run in one batched call; its numbers agree
+        with the chunked ones to rounding, not bit for bit.)
+    progress
+        Optional callable receiving one line per completed chunk (with a ``checkpoint``);
+        an object with ``update(label, done, total, unit)`` also gets the counts.
 
     Returns
     -------
@@ -171,6 +212,8 @@ def singular_value_density(
     if num_steps is None:  # adapt to small P rather than fail on an argument never passed
         num_steps = min(80, P)
     num_steps = check_int("num_steps", num_steps, 2, P, "P")
+    if probe_batch is None and checkpoint is not None:
+        probe_batch = 1  # a kill repeats at most one probe
     if probe_batch is None:
         per_probe = (2 * num_steps + 1) * P * jnp.dtype(op.dtype).itemsize
         probe_batch = max(1, min(num_probes, int(2**28 // per_probe)))
@@ -199,7 +242,14 @@ def singular_value_density(
                 Z = Z - jnp.matmul(jnp.matmul(Z, Vc, precision=_HI), Vc.T, precision=_HI)
             Z = Z / jnp.linalg.norm(Z, axis=1, keepdims=True)
     keys = jnp.arange(num_probes, dtype=op.dtype)  # seeds of unused breakdown directions
-    R, Uz, finite = run_guarded(_slq_batch, op, Z, keys, num_steps, probe_batch)
+    if checkpoint is None:
+        R, Uz, finite = run_guarded(_slq_batch, op, Z, keys, num_steps, probe_batch)
+    else:
+        stage = checkpoint.stage(
+            "slq", shape=op.shape, dtype=str(op.dtype), num_probes=num_probes,
+            num_steps=num_steps, probes=probes, probe_batch=probe_batch, deflated=len(deflated),
+        )  # fmt: skip
+        R, Uz, finite = _slq_chunks(op, Z, keys, num_steps, probe_batch, stage, progress)
     if not bool(jnp.all(finite)):
         raise FloatingPointError(
             "singular_value_density: a Lanczos step produced NaN or inf (non-finite products)."
@@ -271,7 +321,8 @@ def region_counts(
     method
         ``"slq"`` or ``"dense"``.
     num_probes, num_steps, **opts
-        Passed to :func:`singular_value_density` (``probes``, ``probe_batch``); ``num_steps``
+        Passed to :func:`singular_value_density` (``probes``, ``probe_batch``,
+        ``checkpoint``, ``progress``); ``num_steps``
         defaults to ``min(80, P)``.
 
     Returns
