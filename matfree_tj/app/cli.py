@@ -142,10 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sp)
     sp.add_argument(
         "--backend",
-        choices=("matrix-free", "dense"),
+        choices=("matrix-free", "dense", "auto"),
         default="matrix-free",
-        help="matrix-free (default: SLQ counts, Lanczos top values) or dense "
-        "(materialise J: P products, O(P^2) memory, full SVD)",
+        help="matrix-free (default: SLQ counts, Lanczos top values), dense "
+        "(materialise J: P products, O(P^2) memory, full SVD) or auto (dense when it fits in "
+        "memory and is expected to be cheaper, else matrix-free; the output says which and why)",
     )
     sp.add_argument(
         "--num-top",
@@ -467,6 +468,9 @@ def _spectrum(args, parser) -> int:
     from .study import build_model, environment
 
     log = _log(args)
+    auto = args.backend == "auto"
+    if auto:  # decided once J exists; checked as matrix-free (the stricter limits) until then
+        args.backend = "matrix-free"
     cfg = _study_config(args).resolved()
     t0 = time.perf_counter()
     if _problem_name(args) == "digits_mlp":
@@ -487,6 +491,16 @@ def _spectrum(args, parser) -> int:
     cache = {} if args.cache == "auto" else dict(forward="jvp", cache_reverse=False)
     J = training_jacobian(model.train_fn, model.params0, checkpoint=args.checkpoint, **cache)
     log(f"products: cached {J.cached}, checkpoint {args.checkpoint}")
+    why = None
+    if auto:
+        args.backend, why = an.choose_backend(
+            J,
+            num_top=args.num_top,
+            num_deflate=args.num_deflate,
+            num_probes=cfg.num_probes,
+            num_steps=cfg.num_steps,
+        )
+        log(f"--backend auto: {args.backend} ({why})")
     if args.backend == "dense":
         log(f"dense: materialising J ({P} forward products) and a full SVD")
     else:
@@ -512,6 +526,8 @@ def _spectrum(args, parser) -> int:
     log(f"done in {seconds:.1f}s")
 
     print(f"training Jacobian of {label}: P = {P}, backend = {args.backend}, dtype = {J.dtype}")
+    if why is not None:
+        print(f"backend chosen by --backend auto: {args.backend}, because {why}")
     print(f"{'region':<8} | {'count':>10} | {'stderr':>8} | {'95% range':>26}")
     print(f"{'-' * 8}-+-{'-' * 10}-+-{'-' * 8}-+-{'-' * 26}")
     where = {
