@@ -271,8 +271,9 @@ def top_singular(
         much less inside a block: on a GPU, where a block of 64-256 columns costs about one
         product, it is several times faster; on a CPU (a column ~0.54 of a single product in a
         64-block) it is not. ``"auto"`` times one single product and one 64-column block
-        product (counted in ``num_products``) and takes the ``b`` in 1, 8, 16, 32, 64 with the
-        least (measured products ratio) x (per-column cost, interpolated in ``log b``).
+        product (counted in ``num_products``) and takes the ``b`` in 1, 8, 16, 32, 64 (up to
+        ``max(8, 1.3 k)``) with the least (measured products ratio) x (per-column cost,
+        interpolated in ``log b``).
         ``None`` (default): ``1`` on the CPU backend, ``"auto"`` on an accelerator.
         ``num_basis`` (default for ``b > 1``: ``max(2k + 20 + 4b, k + 8b)``) is rounded to a
         multiple of ``b``; ``keep`` defaults to ``k + b``.
@@ -399,7 +400,8 @@ def choose_block_size(op: AbstractOperator, k: int, probe: int = 64):
     (products ratio for ``b``) x (per-column cost of a ``b``-column block product), from one
     timed single product and one timed ``probe``-column block product (each after a
     compiling call; ``2 + 2 probe`` column products, returned so the caller counts them).
-    The per-column cost at other ``b`` is interpolated linearly in ``log b``."""
+    The per-column cost at other ``b`` is interpolated linearly in ``log b``; candidates are
+    1, 8, 16, 32, 64 up to ``max(8, 1.3 k)`` (the range the products ratios were measured in)."""
     import time
 
     N = op.shape[1]
@@ -417,7 +419,10 @@ def choose_block_size(op: AbstractOperator, k: int, probe: int = 64):
     cb = timed("matmat", X) / probe
     best, best_cost = 1, c1
     for b, ratio in _BLOCK_PRODUCT_RATIO.items():
-        if b == 1 or b > probe or b > min(op.shape) // 2 or k + b > min(op.shape) - b:
+        # the ratios were measured for b up to ~1.3 k; a block much wider than k spends most
+        # of its columns on values nobody asked for (quick reference model, k = 10, b = 64:
+        # 940 products against 142)
+        if b == 1 or b > probe or b > max(8, 1.3 * k) or k + b > min(op.shape) - b:
             continue
         frac = math.log(b) / math.log(probe)
         cost = ratio * math.exp((1 - frac) * math.log(c1) + frac * math.log(max(cb, 1e-12)))
