@@ -115,3 +115,14 @@ def test_cli_backend_auto_says_which_and_why(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "backend chosen by --backend auto: dense, because dense is expected" in out
     assert json.loads(js.read_text())["backend"] == "dense"
+
+
+def test_gpu_suite_skips_cleanly_without_a_gpu(tmp_path):
+    pytest.importorskip("benchmarks.gpu_suite")
+    from benchmarks import gpu_suite
+
+    if gpu_suite.gpu_available()[0]:
+        pytest.skip("a GPU is present: the suite would run, not skip")
+    payload = gpu_suite.run(out_dir=tmp_path)
+    assert payload["skipped"] and "no GPU visible to JAX" in payload["why"]
+    assert json.loads((tmp_path / "gpu.json").read_text())["skipped"] is True
