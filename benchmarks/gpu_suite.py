@@ -317,7 +317,7 @@ def table(payload: dict) -> str:
                     ("fraction_of_train_throughput", "fraction of train throughput", ".3g"),
                     ("peak_bytes_in_use", "peak device memory", C.fmt_bytes),
                     ("headroom_bytes", "headroom", C.fmt_bytes),
-                    ("error", "error", "{}".format),
+                    ("error", "error", C.fmt),
                 ],
             )
         )
@@ -333,7 +333,7 @@ def table(payload: dict) -> str:
                     ("num_products", "column products", "d"),
                     ("converged", "flagged converged", "d"),
                     ("max_rel_diff_vs_first", "max rel diff vs b = 1", ".1e"),
-                    ("chosen", "auto's choice", "{}".format),
+                    ("chosen", "auto's choice", C.fmt),
                 ],
             )
         )
