@@ -48,6 +48,7 @@ FULL = dict(
     lanczos_warm=True,
     slq_deflated={},
     block={"block_size": "auto"},
+    block_fixed={"block_size": 64},
     peers_matfree=dict(depths=[100, 150, 200]),
     peers_imate=dict(num_probes=10, degree=200),
 )
@@ -121,6 +122,13 @@ def run(quick: bool = False, out_dir=None, config: dict | None = None) -> dict:
             "lanczos_block",
             "benchmarks._cases:topk",
             dict(model=model, k=k, method="lanczos", opts=cfg["block"]),
+            1200,
+        )
+    if cfg.get("block_fixed") is not None:  # the block path itself, whatever auto would choose
+        case(
+            "lanczos_block_fixed",
+            "benchmarks._cases:topk",
+            dict(model=model, k=k, method="lanczos", opts=cfg["block_fixed"]),
             1200,
         )
     case("slq", "benchmarks._cases:regions", dict(model=model, **cfg["slq"]), 1200)
@@ -213,7 +221,14 @@ def summarise(payload: dict) -> dict:
             "note": f"to_dense {C.fmt_s(d['to_dense_s'])} + SVD {C.fmt_s(d['svd_values_s'])}",
         }
     )
-    for name in ("lanczos", "lanczos_block", "randomized", "svds_arpack", "svds_propack"):
+    for name in (
+        "lanczos",
+        "lanczos_block",
+        "lanczos_block_fixed",
+        "randomized",
+        "svds_arpack",
+        "svds_propack",
+    ):
         c = cases.get(name)
         if c is None:
             continue
@@ -228,11 +243,14 @@ def summarise(payload: dict) -> dict:
             note = f"{int(np.sum(conv))}/{k} flagged converged; status {c.get('solver_status')}"
         if c.get("svds_status"):
             note = c["svds_status"]
+        if c.get("auto_choice"):
+            note += f"; {c['auto_choice']}"
         rows.append(
             {
                 "method": {
                     "lanczos": f"top_singular lanczos k={k}",
                     "lanczos_block": f"top_singular lanczos k={k} {c.get('opts')}",
+                    "lanczos_block_fixed": f"top_singular lanczos k={k} {c.get('opts')}",
                     "randomized": f"top_singular randomized k={k} {c.get('opts')}",
                     "svds_arpack": f"scipy svds ARPACK k={k}",
                     "svds_propack": f"scipy svds PROPACK k={k}",
