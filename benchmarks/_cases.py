@@ -217,13 +217,17 @@ def topk(
 
     opts = dict(opts or {})
     J, out, truth_s = _setup(model)
-    out.update({"k": k, "method": method, "opts": opts})
+    out.update({"k": k, "method": method, "opts": dict(opts)})
+    lines: list = []
+    if opts.get("block_size") == "auto":  # record the block size auto chooses, and why
+        opts["progress"] = lines.append
     with C.PeakMemory() as pm:
         with C.Stopwatch() as sw:
             res = mtj.top_singular(J, k, key=jax.random.key(seed), method=method, **opts)
             C.block(res.s)
         out["cold_s"] = sw.seconds
     out.update(pm.as_dict())
+    out["auto_choice"] = next((ln for ln in lines if "block_size='auto'" in ln), None)
     if warm:
         with C.Stopwatch() as sw:
             res = mtj.top_singular(J, k, key=jax.random.key(seed), method=method, **opts)

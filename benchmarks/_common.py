@@ -60,7 +60,9 @@ def load_average() -> list[float]:
 
 def _meminfo(field: str) -> int | None:
     try:
-        for line in open("/proc/meminfo"):
+        with open("/proc/meminfo") as fh:
+            lines = fh.readlines()
+        for line in lines:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:  # pragma: no cover
@@ -76,7 +78,9 @@ def available_memory() -> int:
 
 def _cpu_model() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as fh:
+            lines = fh.readlines()
+        for line in lines:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:  # pragma: no cover
@@ -187,7 +191,9 @@ class Stopwatch:
 
 def _status(field: str) -> int | None:
     try:
-        for line in open("/proc/self/status"):
+        with open("/proc/self/status") as fh:
+            lines = fh.readlines()
+        for line in lines:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:  # pragma: no cover

@@ -9,7 +9,13 @@ fresh process:
 * ``region_counts(J, method="slq")`` (lo = 0.9, hi = 1.1), plain;
 * ``analysis.spectrum_summary(J)``: the library's default counts (top triplets deflated from the
   quadrature, Lanczos steps set by the largest remaining value);
-* anchors: ``scipy.sparse.linalg.svds`` on ``J.to_scipy()`` with ARPACK and PROPACK.
+* anchors: ``scipy.sparse.linalg.svds`` on ``J.to_scipy()`` with ARPACK and PROPACK;
+* block Lanczos: ``top_singular(J, 50, block_size=...)`` (``"auto"``: chosen from the measured
+  per-column cost of a block product);
+* peers (optional ``bench`` extra, skipped when absent; :mod:`benchmarks._peers`): matfree's
+  fixed-depth ``svd_partial(bidiag(depth))`` with a JVP matvec, at a few depths, and imate's
+  ``eigencount(gram=True, method="slq")`` on the explicit dense J, with its claimed 95% error
+  beside its actual error.
 
 Targets: top-50 triplets >= 5x faster than dense J + SVD with the top-50 within 1e-4 relative of
 dense; region counts with stderr <= 0.5% of P in no more wall time than dense J + SVD (and within
@@ -41,6 +47,10 @@ FULL = dict(
     anchors=("arpack", "propack"),
     lanczos_warm=True,
     slq_deflated={},
+    block={"block_size": "auto"},
+    block_fixed={"block_size": 64},
+    peers_matfree=dict(depths=[100, 150, 200]),
+    peers_imate=dict(num_probes=10, degree=200),
 )
 QUICK = dict(
     model=dict(kind="mlp", hidden=16, num_epochs=8),
@@ -52,6 +62,9 @@ QUICK = dict(
     anchors=("arpack",),
     lanczos_warm=False,
     slq_deflated=dict(num_probes=4, num_steps=40, num_deflate=10),
+    block={"block_size": "auto"},
+    peers_matfree=dict(depths=[20, 40]),
+    peers_imate=dict(num_probes=10, degree=40),
 )
 
 
@@ -104,6 +117,20 @@ def run(quick: bool = False, out_dir=None, config: dict | None = None) -> dict:
         dict(model=model, k=k, method="randomized", opts=cfg["randomized"]),
         1200,
     )
+    if cfg.get("block") is not None:
+        case(
+            "lanczos_block",
+            "benchmarks._cases:topk",
+            dict(model=model, k=k, method="lanczos", opts=cfg["block"]),
+            1200,
+        )
+    if cfg.get("block_fixed") is not None:  # the block path itself, whatever auto would choose
+        case(
+            "lanczos_block_fixed",
+            "benchmarks._cases:topk",
+            dict(model=model, k=k, method="lanczos", opts=cfg["block_fixed"]),
+            1200,
+        )
     case("slq", "benchmarks._cases:regions", dict(model=model, **cfg["slq"]), 1200)
     if cfg.get("slq_deflated") is not None:
         case(
@@ -124,6 +151,17 @@ def run(quick: bool = False, out_dir=None, config: dict | None = None) -> dict:
                 maxiter=cfg.get("svds_maxiter", 2000),
             ),
             cfg.get("svds_timeout", 1200),
+        )
+    if cfg.get("peers_matfree") is not None:
+        case(
+            "matfree",
+            "benchmarks._peers:matfree_bidiag",
+            dict(model=model, k=k, **cfg["peers_matfree"]),
+            1800,
+        )
+    if cfg.get("peers_imate") is not None:
+        case(
+            "imate", "benchmarks._peers:imate_counts", dict(model=model, **cfg["peers_imate"]), 1800
         )
     payload = {
         "benchmark": "reference",
@@ -183,7 +221,14 @@ def summarise(payload: dict) -> dict:
             "note": f"to_dense {C.fmt_s(d['to_dense_s'])} + SVD {C.fmt_s(d['svd_values_s'])}",
         }
     )
-    for name in ("lanczos", "randomized", "svds_arpack", "svds_propack"):
+    for name in (
+        "lanczos",
+        "lanczos_block",
+        "lanczos_block_fixed",
+        "randomized",
+        "svds_arpack",
+        "svds_propack",
+    ):
         c = cases.get(name)
         if c is None:
             continue
@@ -198,10 +243,14 @@ def summarise(payload: dict) -> dict:
             note = f"{int(np.sum(conv))}/{k} flagged converged; status {c.get('solver_status')}"
         if c.get("svds_status"):
             note = c["svds_status"]
+        if c.get("auto_choice"):
+            note += f"; {c['auto_choice']}"
         rows.append(
             {
                 "method": {
                     "lanczos": f"top_singular lanczos k={k}",
+                    "lanczos_block": f"top_singular lanczos k={k} {c.get('opts')}",
+                    "lanczos_block_fixed": f"top_singular lanczos k={k} {c.get('opts')}",
                     "randomized": f"top_singular randomized k={k} {c.get('opts')}",
                     "svds_arpack": f"scipy svds ARPACK k={k}",
                     "svds_propack": f"scipy svds PROPACK k={k}",
@@ -220,9 +269,51 @@ def summarise(payload: dict) -> dict:
                 "meets_accuracy": err is not None and err <= 1e-4,
             }
         )
+    mf = cases.get("matfree")
+    if mf is not None and mf.get("status") != "ok":
+        rows.append(
+            {
+                "method": "matfree svd_partial(bidiag)",
+                "note": f"{mf.get('status')}: {mf.get('why')}",
+            }
+        )
+    elif mf is not None:
+        for r in mf["runs"]:
+            err = rel_err(r["s"], s_dense, k)
+            rows.append(
+                {
+                    "method": f"matfree svd_partial(bidiag({r['depth']})) k={k}, JVP matvec",
+                    "time_s": r["cold_s"],
+                    "speedup": t_dense / r["cold_s"],
+                    "products": r["num_products"],
+                    "per_product_s": r["cold_s"] / max(1, r["num_products"]),
+                    "train_runs": r["cold_s"] / mf["t_train_s"],
+                    "rel_err": err,
+                    "note": "fixed depth: no residuals, no flags",
+                    "meets_accuracy": err is not None and err <= 1e-4,
+                }
+            )
     for name in ("slq", "slq_deflated"):
         if cases.get(name):
             out[name] = _slq_summary(cases[name], d, P, t_dense)
+    im = cases.get("imate")
+    if im is not None:
+        if im.get("status") != "ok":
+            out["imate"] = {"failed": f"{im.get('status')}: {im.get('why')}"}
+        else:
+            dr = d["regions"]
+            out["imate"] = {
+                "counts": im["counts"],
+                "claimed_95": im["claimed_95"],
+                "actual_err": {g: abs(im["counts"][g] - dr[g]) for g in dr},
+                "time_s": im["cold_s"],
+                "to_dense_s": im["to_dense_s"],
+                "slq_s": im["slq_s"],
+                "products": im["num_products"],
+                "num_probes": im["num_probes"],
+                "degree": im["degree"],
+                "version": im.get("version"),
+            }
     return out
 
 
@@ -364,6 +455,40 @@ def table(payload: dict) -> str:
             )
         elif sl:
             lines.append(f"\n{title} region counts failed: {sl['failed']}\n")
+    im = s.get("imate")
+    if im and "failed" in im:
+        lines.append(f"\nimate eigencount: {im['failed']}\n")
+    elif im:
+        lines.append(
+            f"\nimate {im['version']} eigencount(gram=True, method='slq') on the dense J "
+            f"({im['num_probes']} probes x degree {im['degree']}): {C.fmt_s(im['time_s'])} "
+            f"(to_dense {C.fmt_s(im['to_dense_s'])} + SLQ {C.fmt_s(im['slq_s'])}), "
+            f"{im['products']} products (P for J, then on the dense matrix):\n"
+        )
+        rows = [
+            {
+                "region": g,
+                "count": im["counts"][g],
+                "dense": s["dense_regions"][g],
+                "claimed": im["claimed_95"][g],
+                "actual": im["actual_err"][g],
+                "inside": im["actual_err"][g] <= im["claimed_95"][g],
+            }
+            for g in ("chaotic", "bulk", "stable")
+        ]
+        lines.append(
+            C.markdown_table(
+                rows,
+                [
+                    ("region", "region", "{}".format),
+                    ("count", "imate", ".1f"),
+                    ("dense", "dense", "d"),
+                    ("claimed", "claimed 95% error", ".1f"),
+                    ("actual", "actual error", ".1f"),
+                    ("inside", "actual <= claimed", C.fmt),
+                ],
+            )
+        )
     return "\n".join(lines)
 
 

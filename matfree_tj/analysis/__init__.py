@@ -92,6 +92,7 @@ from ._spectrum import SpectrumComparison as SpectrumComparison
 from ._spectrum import SpectrumSummary as SpectrumSummary
 from ._spectrum import alignment_by_region as alignment_by_region
 from ._spectrum import auto_num_steps as auto_num_steps
+from ._spectrum import choose_backend as choose_backend
 from ._spectrum import compare_spectra as compare_spectra
 from ._spectrum import counts_from_values as counts_from_values
 from ._spectrum import spectrum_summary as spectrum_summary
@@ -115,6 +116,7 @@ __all__ = [
     "counts_from_values",
     "alignment_by_region",
     "auto_num_steps",
+    "choose_backend",
     "compare_spectra",
     "AlignmentSummary",
     "ProbeAlignment",

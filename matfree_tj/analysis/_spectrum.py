@@ -172,6 +172,8 @@ def spectrum_summary(
     key
         Randomness for the probes and the starting vectors.
     backend
+        ``"auto"``: :func:`choose_backend` picks dense when it fits in memory and is expected
+        to be cheaper, else matrix-free (the choice and why: ``settings["backend_choice"]``).
         ``"matrix-free"`` (default): counts by stochastic Lanczos quadrature
         (:func:`matfree_tj.region_counts`; the error bars are its standard errors; by default
         ``num_steps`` = :func:`auto_num_steps` of the measured :math:`\sigma_1`, so the quadrature
@@ -234,6 +236,17 @@ def spectrum_summary(
     >>> sum(summ.counts.values()) == J.shape[0]
     True
     """
+    choice = None
+    if backend == "auto":
+        backend, why = choose_backend(
+            J,
+            num_top=int(num_top),
+            num_deflate=num_deflate,
+            num_probes=num_probes,
+            num_steps=num_steps,
+        )
+        choice = f"backend='auto' chose {backend}: {why}"
+        _say(progress, choice)
     _check_backend(backend)
     _check_bounds(lo, hi)
     P = J.shape[1]
@@ -255,10 +268,10 @@ def spectrum_summary(
         s = _np(svd.s)
         counts = counts_from_values(s, lo, hi)
         stderr = dict.fromkeys(REGIONS, 0.0)
-        settings = None
+        settings = None if choice is None else {"backend_choice": choice}
         if svd.U is not None and svd.V is not None:
             cos = np.sum(_np(svd.U) * _np(svd.V), axis=0)
-            settings = {"alignment": alignment_by_region(s, cos, lo, hi)}
+            settings = {**(settings or {}), "alignment": alignment_by_region(s, cos, lo, hi)}
         return SpectrumSummary(
             "dense",
             P,
@@ -376,6 +389,7 @@ def spectrum_summary(
             quadrature_bounds_stderr=rc.bounds_stderr,
             alignment=rc.alignment,
             budget_limited=budget_limited,
+            **({} if choice is None else {"backend_choice": choice}),
         ),
         profile=profile,
     )
@@ -412,6 +426,82 @@ def _open_store(resume_dir, J, key, t_opts, locals_) -> RunStore:
     rtol = 1e3 * float(jnp.finfo(J.dtype).eps)
     store.claim("operator_fingerprint", {"norm_Jv": nJv, "two_plus_cos_w_Jv": cos}, rtol=rtol)
     return store
+
+
+# A column of a chunked forward product (to_dense) costs about this fraction of a single
+# product: measured on the reference model on CPU (14.5 ms in a 64-column block against 27 ms
+# alone); an accelerator's block products are cheaper still, so dense is estimated
+# conservatively (the choice errs towards matrix-free, which always fits).
+_DENSE_COLUMN_DISCOUNT = 0.54
+
+
+def choose_backend(
+    J: AbstractOperator,
+    *,
+    num_top: int = 10,
+    num_deflate: int | None = None,
+    num_probes: int | None = None,
+    num_steps: int | None = None,
+    memory_limit: int | None = None,
+    seconds_per_product: float | None = None,
+) -> tuple[str, str]:
+    r"""``(backend, reason)``: ``"dense"`` when the dense route fits in memory and is expected
+    to be cheaper than the matrix-free one, else ``"matrix-free"``; ``reason`` says why, with
+    the estimates.
+
+    Memory: the dense ``J`` plus the float64 factorisation (values only), against the memory
+    available (or ``memory_limit`` bytes), by :func:`matfree_tj.core.check_fits`. Time: one
+    product's time :math:`t_p` (measured with one warm ``J v`` unless ``seconds_per_product``
+    is given) prices both routes: dense ``P`` products at ``0.54 t_p`` each (chunked block
+    products) plus a full SVD extrapolated as :math:`P^3` from a timed ``200 x 200`` SVD;
+    matrix-free ``7 num_deflate + 2 num_probes num_steps`` products (the top-k deflation at
+    about seven products per triplet, then the quadrature; ``num_steps`` unknown until
+    :math:`\sigma_{k+1}` is measured is taken as ``min(P, 300)``, its value on the reference
+    model). Estimates, not promises: they pick the route, the summary reports what was spent.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp, matfree_tj as mtj
+    >>> from matfree_tj.analysis import choose_backend
+    >>> J = mtj.MatrixOperator(jnp.eye(40))
+    >>> choose_backend(J, seconds_per_product=1e-3)[0]
+    'dense'
+    >>> choose_backend(J, seconds_per_product=1e-3, memory_limit=1000)[0]
+    'matrix-free'
+    """
+    from ..core import MemoryBudgetError, check_fits
+
+    P = int(J.shape[1])
+    itemsize = np.dtype(J.dtype).itemsize
+    need = P * P * itemsize + 6 * P * P * 8  # J, its float64 copy, LAPACK's copy and workspace
+    try:
+        check_fits(need, "dense J + SVD", device=jax.devices()[0], limit=memory_limit)
+    except MemoryBudgetError as e:
+        return "matrix-free", f"dense would not fit in memory ({e})".split(" Use the")[0] + ")"
+    if seconds_per_product is None:
+        x = jax.numpy.ones((P,), J.dtype)
+        jax.block_until_ready(J.mv(x))  # compile (the matrix-free route needs it too)
+        t0 = time.perf_counter()
+        jax.block_until_ready(J.mv(x))
+        seconds_per_product = time.perf_counter() - t0
+    t_p = float(seconds_per_product)
+    a = np.random.default_rng(0).standard_normal((200, 200))
+    t0 = time.perf_counter()
+    np.linalg.svd(a, compute_uv=False)
+    t_svd = (time.perf_counter() - t0) * (P / 200.0) ** 3
+    k = min(150, max(int(num_top), P // 32)) if num_deflate is None else int(num_deflate)
+    steps = min(P, 300) if num_steps is None else int(num_steps)
+    n_mf = 7 * k + 2 * (10 if num_probes is None else int(num_probes)) * steps
+    t_dense = P * _DENSE_COLUMN_DISCOUNT * t_p + t_svd
+    t_mf = n_mf * t_p
+    est = (
+        f"dense ~{t_dense:.3g} s ({P} products at {_DENSE_COLUMN_DISCOUNT} x {t_p * 1e3:.3g} ms "
+        f"+ SVD ~{t_svd:.3g} s), matrix-free ~{t_mf:.3g} s (~{n_mf} products), dense fits in "
+        f"memory (~{need / 1e9:.2g} GB)"
+    )
+    if t_dense <= t_mf:
+        return "dense", "dense is expected to be cheaper: " + est
+    return "matrix-free", "matrix-free is expected to be cheaper: " + est
 
 
 def auto_num_steps(

@@ -154,10 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sp)
     sp.add_argument(
         "--backend",
-        choices=("matrix-free", "dense"),
+        choices=("matrix-free", "dense", "auto"),
         default="matrix-free",
-        help="matrix-free (default: SLQ counts, Lanczos top values) or dense "
-        "(materialise J: P products, O(P^2) memory, full SVD)",
+        help="matrix-free (default: SLQ counts, Lanczos top values), dense "
+        "(materialise J: P products, O(P^2) memory, full SVD) or auto (dense when it fits in "
+        "memory and is expected to be cheaper, else matrix-free; the output says which and why)",
     )
     sp.add_argument(
         "--num-top",
@@ -550,6 +551,9 @@ def _spectrum(args, parser) -> int:
         parser.error("--compare-dense adds a dense SVD to a matrix-free run; drop --backend dense")
     log = _log(args)
     args._log = log  # main() closes its bar on an interrupt
+    auto = args.backend == "auto"
+    if auto:  # decided once J exists; checked as matrix-free (the stricter limits) until then
+        args.backend = "matrix-free"
     cfg = _study_config(args).resolved()
     t0 = time.perf_counter()
     run_id = uuid.uuid4().hex[:12]
@@ -585,7 +589,10 @@ def _spectrum(args, parser) -> int:
         )
     stale = [args.json] if args.json else []
     if not args.no_plot:
-        stale.append(_figure_path(args.out, args.backend))
+        stale += [
+            _figure_path(args.out, b)
+            for b in (("matrix-free", "dense") if auto else (args.backend,))
+        ]
     for path in stale:  # a run that fails must not leave a previous run's results as its own
         if os.path.exists(path):
             os.remove(path)
@@ -593,6 +600,19 @@ def _spectrum(args, parser) -> int:
     cache = {} if args.cache == "auto" else dict(forward="jvp", cache_reverse=False)
     J = training_jacobian(model.train_fn, model.params0, checkpoint=args.checkpoint, **cache)
     log(f"products: cached {J.cached}, checkpoint {args.checkpoint}")
+    why = None
+    if auto and (store is not None or args.compare_dense):
+        why = "--resume and --compare-dense need the matrix-free backend"
+        log(f"--backend auto: matrix-free ({why})")
+    elif auto:
+        args.backend, why = an.choose_backend(
+            J,
+            num_top=args.num_top,
+            num_deflate=args.num_deflate,
+            num_probes=cfg.num_probes,
+            num_steps=cfg.num_steps,
+        )
+        log(f"--backend auto: {args.backend} ({why})")
     if args.backend == "dense":
         log(f"dense: materialising J ({P} forward products) and a full SVD")
     else:
@@ -620,6 +640,8 @@ def _spectrum(args, parser) -> int:
     log(f"done in {seconds:.1f}s")
 
     print(f"training Jacobian of {label}: P = {P}, backend = {args.backend}, dtype = {J.dtype}")
+    if why is not None:
+        print(f"backend chosen by --backend auto: {args.backend}, because {why}")
     print(f"{'region':<8} | {'count':>10} | {'stderr':>8} | {'95% range':>26}")
     print(f"{'-' * 8}-+-{'-' * 10}-+-{'-' * 8}-+-{'-' * 26}")
     where = {

@@ -249,7 +249,15 @@ def _rows_as_columns(Vt, start, b: int):
     return jax.lax.dynamic_slice_in_dim(Vt, start, b, axis=0).T
 
 
-def gkl_cycle_eager(op: AbstractOperator, Ut, Vt, R, D, start: int, seed: float, replace=True):
+@jax.jit
+def _coupling(Vb, Z):
+    """``Vb^T Z`` (``b x b``) at ``HIGHEST`` precision: the new block's coefficients."""
+    return mm(Vb.T, Z)
+
+
+def gkl_cycle_eager(
+    op: AbstractOperator, Ut, Vt, R, D, start: int, seed: float, replace=True, stop=None
+):
     r"""Golub-Kahan steps ``start .. m-1``, ``b`` at a time, driven from Python: the operator's
     own compiled products between the compiled half-steps :func:`left_half` and
     :func:`right_half`.
@@ -270,7 +278,13 @@ def gkl_cycle_eager(op: AbstractOperator, Ut, Vt, R, D, start: int, seed: float,
     operator structure and block shape. Compiling the products
     into each solver kernel instead cost seconds per kernel on CPU (the training loop's JVP
     and VJP, with a cached linearisation's residuals embedded as constants).
-    Cost: ``2 (m - start)`` products.
+    ``stop`` (block only, optional): ``stop(end, R, C) -> bool`` called after each block step
+    that ends short of ``m``, with ``end`` the basis size so far and ``C = V_{new}^T A^T U_b``
+    (``b x b``) the new block's coupling, so that
+    :math:`A^T U_{end} = V_{end} R_{end}^T + V_{new} C E_{end}^T`; ``True`` ends the cycle
+    there (the caller extracts from ``R[:end, :end]``), saving the rest of the cycle's products
+    once its wanted triplets have converged.
+    Cost: ``2 (m - start)`` products (fewer when ``stop`` ends the cycle early).
     """
     b, m = D.shape
     dtype = Vt.dtype
@@ -286,9 +300,12 @@ def gkl_cycle_eager(op: AbstractOperator, Ut, Vt, R, D, start: int, seed: float,
     for o in range(int(start), m, b):
         o_ = jnp.asarray(o)
         Ut, R, y, alphas, broke_a = left(Ut, R, op.apply(kinds[0], x), o_, seed)
-        Vt, D, x, betas, broke_b = right(Vt, D, op.apply(kinds[1], y), o_, seed)
+        Z = op.apply(kinds[1], y)
+        Vt, D, x, betas, broke_b = right(Vt, D, Z, o_, seed)
         coefs += [alphas, betas]
         broken += [broke_a, broke_b]
+        if stop is not None and b > 1 and o + b < m and stop(o + b, R, _coupling(x, Z)):
+            break
     # host-side bookkeeping (numpy): eager jnp ops would each compile once per cycle length
     coefs = np.concatenate([np.asarray(c) for c in coefs]) if coefs else np.zeros(0)
     finite = bool(np.all(np.isfinite(coefs)))

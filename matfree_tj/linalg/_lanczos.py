@@ -131,17 +131,51 @@ def _lanczos_svd(
             )  # fmt: skip
             _say(progress, f"lanczos ({which}): resuming at cycle {cycle}, {num_products} products")
     status = Status.MAX_PRODUCTS
+    order_of = (lambda n: np.arange(n)) if which == "largest" else (lambda n: np.arange(n)[::-1])
+    early = {}
+
+    def stop(end, R_, C):
+        """Block cycles: are the wanted triplets converged in the basis so far (``end``)?
+        A block Krylov space grows ``b`` columns a step, so checking only at the end of a
+        cycle of ``m`` wastes up to ``2 (m - keep)`` products; the SVD of the small
+        ``R[:end, :end]`` costs no products."""
+        if end < k + b:
+            return False
+        X_, S_, Y_ = ritz(np.asarray(R_)[:end, :end])
+        idx_ = order_of(end)[:k]
+        # A^T U x - s V y = V_new C (E_end^T x): only the last b rows of x couple
+        est_ = np.linalg.norm(np.asarray(C, np.float64) @ X_[end - b :, idx_], axis=0)
+        a_ = atol if atol is not None else 100 * eps * max(anorm, float(S_[0]))
+        if np.all(est_ <= 0.1 * (tol * S_[idx_] + a_)):
+            early.update(end=end, X=X_, S=S_, Y=Y_, est=est_)
+            return True
+        return False
+
     while True:
         seed = seed0 + 1000.0 * cycle
         # D: the residual block's coefficients, fresh each cycle (the kept Ritz vectors couple
         # to the new directions through R's arrow column, not through D)
         D = jnp.zeros((b, m), dtype)
-        Ut, Vt, R, D, finite, _ = run_guarded(gkl_cycle_eager, op, Ut, Vt, R, D, start, float(seed))
-        num_products += 2 * (m - start)
+        Ut, Vt, R, D, finite, _ = run_guarded(
+            gkl_cycle_eager, op, Ut, Vt, R, D, start, float(seed), True, stop if b > 1 else None
+        )
+        num_products += 2 * ((early["end"] if early else m) - start)
         if not bool(finite):
             raise FloatingPointError(
                 "A Lanczos step produced NaN or inf (the operator returned non-finite values)."
             )
+        if early:  # a block cycle ended early: its wanted triplets are converged
+            m = early["end"]
+            X, S, Y = early["X"], early["S"], early["Y"]
+            anorm = max(anorm, float(S[0]))
+            if progress is not None:
+                progress(
+                    f"lanczos ({which}) cycle {cycle}: {num_products} products, {k}/{k} "
+                    f"estimated converged after {m} basis vectors (block size {b})"
+                )
+            status = Status.CONVERGED
+            order = order_of(m)
+            break
         X, S, Y = ritz(R)
         anorm = max(anorm, float(S[0]))
         order = np.arange(m) if which == "largest" else np.arange(m)[::-1]
@@ -175,7 +209,7 @@ def _lanczos_svd(
             stage, Ut, Vt, R, start=start, num_products=num_products, anorm=anorm, cycle=cycle
         )
     idx = order[:k]
-    U = mm(jnp.asarray(X[:, idx], dtype).T, Ut).T
+    U = mm(jnp.asarray(X[:, idx], dtype).T, Ut[:m]).T
     V = mm(jnp.asarray(Y[:, idx], dtype).T, Vt[:m]).T
     res = finalise(
         op,
@@ -191,6 +225,7 @@ def _lanczos_svd(
         status=status,
         num_restarts=cycle,
         atol=atol,
+        block=b,
     )
     return save_triplets(stage, res)
 
@@ -212,7 +247,7 @@ def top_singular(
     keep: int | None = None,
     max_products: int | None = None,
     v0: jax.Array | None = None,
-    block_size: int | None = None,
+    block_size: int | str | None = None,
     progress: Callable[[str], None] | None = None,
     verify: bool = True,
     checkpoint: Any = None,
@@ -257,13 +292,24 @@ def top_singular(
     v0
         Optional start vector.
     block_size
-        Columns per block product. Lanczos (default 1): ``b > 1`` runs block Golub-Kahan
-        (the same half-step kernels on ``b`` columns): every product is a block product of
-        ``b`` columns (``op.matmat`` / ``op.rmatmat``), which on a training Jacobian shares one
-        primal run among the columns (on CPU a 64-column block costs about a third per column
-        of a single product). Block Krylov spaces need more products than single-vector ones for
-        the same accuracy, so this pays off when the per-column saving is large.
-        ``num_basis`` is rounded down to a multiple of ``b``.
+        Columns per block product. Lanczos: ``b > 1`` runs block Golub-Kahan (the same
+        half-step kernels on ``b`` columns): every product is a block product of ``b`` columns
+        (``op.matmat`` / ``op.rmatmat``), which on a training Jacobian shares one primal run
+        among the columns; the final residual check runs in blocks of ``b`` too. A block cycle
+        stops as soon as its wanted triplets are estimated converged (checked after every
+        block step), so no cycle overshoots. Block Krylov spaces still need more column
+        products than a single-vector one for the same accuracy (top-50 of the reference MLP's
+        spectrum, without the residual check: 442 for ``b = 1``, 622 / 798 / 1022 / 1214 for
+        ``b`` = 8 / 16 / 32 / 64), so a block pays off only when a column costs that
+        much less inside a block: on a GPU, where a block of 64-256 columns costs about one
+        product, it is several times faster; on a CPU (a column ~0.54 of a single product in a
+        64-block) it is not. ``"auto"`` times one single product and one 64-column block
+        product (counted in ``num_products``) and takes the ``b`` in 1, 8, 16, 32, 64 (up to
+        ``max(8, 1.3 k)``) with the least (measured products ratio) x (per-column cost,
+        interpolated in ``log b``).
+        ``None`` (default): ``1`` on the CPU backend, ``"auto"`` on an accelerator.
+        ``num_basis`` (default for ``b > 1``: ``max(2k + 20 + 4b, k + 8b)``) is rounded to a
+        multiple of ``b``; ``keep`` defaults to ``k + b``.
         Randomized: the block of the adaptive range finder (default ``k + oversample``).
     progress
         Optional callable receiving one line per restart cycle (products so far, triplets
@@ -349,7 +395,22 @@ def top_singular(
         num_basis=num_basis,
         default_basis=lambda k: max(2 * k + 20, 40),
     )
-    return _run(
+    extra = 0
+    if block_size is None:
+        block_size = 1 if jax.default_backend() == "cpu" else "auto"
+    if isinstance(block_size, str):
+        if block_size != "auto":
+            raise ValueError(f"block_size must be an integer or 'auto', got {block_size!r}.")
+        block_size, extra, why = choose_block_size(op, k)
+        if progress is not None:
+            progress(f"block_size='auto': {block_size} ({why})")
+    if num_basis is None and not isinstance(block_size, bool) and block_size > 1:
+        b = int(block_size)
+        r = min(op.shape)
+        m = min(r - b, max(2 * k + 20 + 4 * b, k + 8 * b))
+        m = max(m, k + b)
+        keep = k + b if keep is None else keep
+    res = _run(
         op,
         k,
         key=key,
@@ -360,11 +421,59 @@ def top_singular(
         keep=keep,
         max_products=max_products,
         v0=v0,
-        block_size=1 if block_size is None else block_size,
+        block_size=block_size,
         progress=progress,
         verify=bool(verify),
         checkpoint=checkpoint,
     )
+    return dataclasses.replace(res, num_products=res.num_products + extra) if extra else res
+
+
+# Column products for the top-50 of the reference MLP's exact spectrum (the digits MLP,
+# P = 4810), relative to b = 1, without the residual check (Lanczos and the missed-value
+# search): the price of a block Krylov space in products (measured with this driver and its
+# block defaults; benchmarks/README.md, "Block Krylov top-k").
+_BLOCK_PRODUCT_RATIO = {1: 1.0, 8: 1.41, 16: 1.81, 32: 2.31, 64: 2.75}
+
+
+def choose_block_size(op: AbstractOperator, k: int, probe: int = 64):
+    """``(b, num_products_spent, reason)``: the block size with the least expected time,
+    (products ratio for ``b``) x (per-column cost of a ``b``-column block product), from one
+    timed single product and one timed ``probe``-column block product (each after a
+    compiling call; ``2 + 2 probe`` column products, returned so the caller counts them).
+    The per-column cost at other ``b`` is interpolated linearly in ``log b``; candidates are
+    1, 8, 16, 32, 64 up to ``max(8, 1.3 k)`` (the range the products ratios were measured in)."""
+    import time
+
+    N = op.shape[1]
+    probe = max(2, min(probe, min(op.shape) // 2))
+    x = jnp.ones((N,), op.dtype) / math.sqrt(N)
+    X = jnp.tile(x[:, None], (1, probe))
+
+    def timed(kind, arg):
+        jax.block_until_ready(op.apply(kind, arg))  # compile (or cache hit)
+        t0 = time.perf_counter()
+        jax.block_until_ready(op.apply(kind, arg))
+        return time.perf_counter() - t0
+
+    c1 = timed("mv", x)
+    cb = timed("matmat", X) / probe
+    best, best_cost = 1, c1
+    for b, ratio in _BLOCK_PRODUCT_RATIO.items():
+        # the ratios were measured for b up to ~1.3 k; a block much wider than k spends most
+        # of its columns on values nobody asked for (quick reference model, k = 10, b = 64:
+        # 940 products against 142)
+        if b == 1 or b > probe or b > max(8, 1.3 * k) or k + b > min(op.shape) - b:
+            continue
+        frac = math.log(b) / math.log(probe)
+        cost = ratio * math.exp((1 - frac) * math.log(c1) + frac * math.log(max(cb, 1e-12)))
+        if cost < best_cost:
+            best, best_cost = b, cost
+    why = (
+        f"one column {c1 * 1e3:.3g} ms alone, {cb * 1e3:.3g} ms in a {probe}-column block; "
+        f"expected time relative to b = 1: {best_cost / c1:.2f}"
+    )
+    return best, 2 + 2 * probe, why
 
 
 def _run(
