@@ -20,6 +20,8 @@ import os
 import sys
 import time
 
+from . import _distributed
+
 __all__ = ["main", "build_parser"]
 
 
@@ -183,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON here")
     sp.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    _distributed.add_arguments(sp)
 
     st = sub.add_parser(
         "study",
@@ -238,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _log(args):
     t0 = time.perf_counter()
-    if args.quiet:
+    if args.quiet or not _distributed.is_writer(args):
         return lambda msg: None
     return lambda msg: print(
         f"[{time.perf_counter() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True
@@ -256,7 +259,8 @@ def _setup(args, parser) -> None:
     if args.command == "study" and args.num_seeds < 2:
         parser.error(f"--num-seeds must be >= 2, got {args.num_seeds}")
     _check_problem_options(args, parser)
-    _check_outputs(args, parser)
+    if _distributed.is_writer(args):  # the other processes of a distributed run write nothing
+        _check_outputs(args, parser)
     if args.dtype == "float64":
         import jax
 
@@ -485,7 +489,13 @@ def _spectrum(args, parser) -> int:
         + "; building the training Jacobian"
     )
     cache = {} if args.cache == "auto" else dict(forward="jvp", cache_reverse=False)
-    J = training_jacobian(model.train_fn, model.params0, checkpoint=args.checkpoint, **cache)
+    J = training_jacobian(
+        model.train_fn,
+        model.params0,
+        checkpoint=args.checkpoint,
+        mesh=_distributed.mesh(args),
+        **cache,
+    )
     log(f"products: cached {J.cached}, checkpoint {args.checkpoint}")
     if args.backend == "dense":
         log(f"dense: materialising J ({P} forward products) and a full SVD")
@@ -507,9 +517,12 @@ def _spectrum(args, parser) -> int:
         num_deflate=args.num_deflate,
         progress=log,
         max_products=args.max_products,
+        top_opts={"block_size": args.block_size} if args.block_size > 1 else None,
     )
     seconds = time.perf_counter() - t0
     log(f"done in {seconds:.1f}s")
+    if not _distributed.is_writer(args):
+        return 0  # process 0 prints and writes the results (every process holds them)
 
     print(f"training Jacobian of {label}: P = {P}, backend = {args.backend}, dtype = {J.dtype}")
     print(f"{'region':<8} | {'count':>10} | {'stderr':>8} | {'95% range':>26}")
@@ -654,6 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``matfree-tj``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _distributed.start(args, parser)  # jax.distributed.initialize before any other JAX use
     _setup(args, parser)
     try:
         if args.command == "spectrum":

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core import AbstractOperator, Projected
+from ..core import AbstractOperator, Projected, mesh_size, split_rows
 from ._checks import check_int, check_key, check_operator, run_guarded
 from ._dense import dense_svd
 from ._gkl import gkl_cycle
@@ -88,6 +88,25 @@ def _slq_batch(op: AbstractOperator, Z, keys, num_steps: int, batch_size: int):
     return jax.lax.map(one, (Z, keys), batch_size=batch_size)
 
 
+@eqx.filter_jit
+def _slq_split(op: AbstractOperator, Z, keys, num_steps: int, batch_size: int):
+    """:func:`_slq_batch` with the probes split across ``op.mesh`` (every process of a
+    ``jax.distributed`` run takes its share); the results come back replicated."""
+    return split_rows(
+        lambda Zl, kl: _slq_batch(op, Zl, kl, num_steps, min(batch_size, Zl.shape[0])),
+        op.mesh,
+        Z,
+        keys,
+    )
+
+
+def _run_probes(op: AbstractOperator, Z, keys, num_steps: int, batch_size: int):
+    """The probes' Lanczos runs, split across the operator's mesh when it has more than one
+    device along its first axis."""
+    kernel = _slq_split if mesh_size(op.mesh) > 1 else _slq_batch
+    return run_guarded(kernel, op, Z, keys, num_steps, batch_size)
+
+
 def _probes(key, num_probes, P, dtype, kind):
     if kind == "rademacher":
         Z = jax.random.rademacher(key, (num_probes, P), dtype)
@@ -129,6 +148,9 @@ def singular_value_density(
         so per-probe counts sum to ``P`` exactly.
     probe_batch
         Probes run together under ``vmap`` (default: as many as fit in ~256 MB of bases).
+        With a device mesh on the operator (``mesh=``, e.g. :func:`matfree_tj.global_mesh`
+        after ``jax.distributed.initialize``) the probes are split across its first axis,
+        each device running its share ``probe_batch`` at a time; the results are the same.
     deflate
         Optional :class:`~matfree_tj.SingularTriplets` (e.g. from :func:`top_singular`): its
         *converged* triplets are counted exactly and removed before the quadrature, which
@@ -199,7 +221,7 @@ def singular_value_density(
                 Z = Z - jnp.matmul(jnp.matmul(Z, Vc, precision=_HI), Vc.T, precision=_HI)
             Z = Z / jnp.linalg.norm(Z, axis=1, keepdims=True)
     keys = jnp.arange(num_probes, dtype=op.dtype)  # seeds of unused breakdown directions
-    R, Uz, finite = run_guarded(_slq_batch, op, Z, keys, num_steps, probe_batch)
+    R, Uz, finite = _run_probes(op, Z, keys, num_steps, probe_batch)
     if not bool(jnp.all(finite)):
         raise FloatingPointError(
             "singular_value_density: a Lanczos step produced NaN or inf (non-finite products)."

@@ -1,0 +1,105 @@
+r"""Runs across processes: one global device mesh, work split along its first axis.
+
+With :func:`jax.distributed.initialize` every process runs the same program (JAX's
+multi-controller model) and :func:`jax.devices` lists the devices of *all* processes. A
+:class:`~jax.sharding.Mesh` over them is *global*: a computation laid out on it runs its
+shards on every process at once and exchanges data through the backend's collectives (gloo
+or MPI on CPU, NCCL on GPU). matfree_tj splits two kinds of work over such a mesh:
+
+* block products (:meth:`AbstractOperator.matmat`: columns split, ``core/_operator.py``);
+* independent rows of a batch -- the probes of stochastic Lanczos quadrature -- through
+  :func:`split_rows` here.
+
+Both return their result *replicated* on every device of the mesh, so host code that follows
+(a Ritz extraction, a convergence test, a count) sees the same numbers on every process and
+takes the same decisions: nothing else has to be coordinated as long as every process is
+given the same key and options.
+
+Reference: JAX, "Multi-process environments" (jax.readthedocs.io/en/latest/multi_process.html).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+__all__ = ["global_mesh", "least_over_processes", "mesh_size", "split_rows"]
+
+
+def global_mesh(axis_name: str = "batch") -> Mesh:
+    """A one-axis mesh over every device of every process (``jax.devices()``).
+
+    Call :func:`jax.distributed.initialize` first on each process when running on several;
+    on one process this is a mesh over its local devices. Pass it as ``mesh=`` to
+    :func:`matfree_tj.training_jacobian` (or any operator): block products then split their
+    columns, and SLQ its probes, across all the devices.
+
+    Examples
+    --------
+    >>> import jax, matfree_tj as mtj
+    >>> mesh = mtj.global_mesh()
+    >>> mesh.devices.size == jax.device_count()
+    True
+    """
+    return jax.make_mesh((jax.device_count(),), (axis_name,), axis_types=(AxisType.Explicit,))
+
+
+def mesh_size(mesh: Mesh | None) -> int:
+    """Devices along the mesh's first axis (1 without a mesh)."""
+    return 1 if mesh is None else int(mesh.shape[mesh.axis_names[0]])
+
+
+def _explicit(mesh: Mesh) -> bool:
+    return any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ()))
+
+
+def split_rows(fn: Callable, mesh: Mesh, *xs: jax.Array):
+    """``fn(*xs)`` with the leading axis of every ``xs`` split across ``mesh``'s first axis.
+
+    ``fn`` must treat rows independently (a ``lax.map`` or ``vmap`` over them). The rows are
+    padded to a multiple of the number of devices by repeating the last row (a valid input,
+    so the padding computes nothing non-finite), each device runs ``fn`` on its share, and
+    the outputs (pytree of arrays with that leading axis) come back replicated on every
+    device -- on every process -- with the padding removed. Traceable: call it inside
+    ``jax.jit``.
+    """
+    axis = mesh.axis_names[0]
+    n = xs[0].shape[0]
+    pad = (-n) % mesh_size(mesh)
+
+    def padded(x):
+        if pad == 0:
+            return x
+        return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)], axis=0)
+
+    spec = PartitionSpec(axis)
+    xs = tuple(padded(x) for x in xs)
+    if _explicit(mesh):  # shard_map wants its inputs laid out as in_specs say (Explicit axes)
+        xs = tuple(jax.sharding.reshard(x, NamedSharding(mesh, spec)) for x in xs)
+    out = jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(*xs)
+    full = NamedSharding(mesh, PartitionSpec())
+
+    def replicated(y):
+        if _explicit(mesh):
+            y = jax.sharding.reshard(y, full)
+        else:
+            y = jax.lax.with_sharding_constraint(y, full)
+        return y[:n]
+
+    return jax.tree_util.tree_map(replicated, out)
+
+
+def least_over_processes(value: int) -> int:
+    """The smallest of ``value`` over all processes (itself on one process). For host-side
+    choices that must agree everywhere, such as a memory budget on hosts of different size.
+    Every process must call it (a collective)."""
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+
+    values = multihost_utils.process_allgather(np.asarray(int(value), np.int64))
+    return int(np.min(values))
