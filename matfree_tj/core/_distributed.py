@@ -49,7 +49,14 @@ def global_mesh(axis_name: str = "batch") -> Mesh:
 
 
 def mesh_size(mesh: Mesh | None) -> int:
-    """Devices along the mesh's first axis (1 without a mesh)."""
+    """Devices along the mesh's first axis (1 without a mesh).
+
+    Examples
+    --------
+    >>> from matfree_tj.core import mesh_size
+    >>> mesh_size(None)
+    1
+    """
     return 1 if mesh is None else int(mesh.shape[mesh.axis_names[0]])
 
 
@@ -66,6 +73,30 @@ def split_rows(fn: Callable, mesh: Mesh, *xs: jax.Array):
     the outputs (pytree of arrays with that leading axis) come back replicated on every
     device -- on every process -- with the padding removed. Traceable: call it inside
     ``jax.jit``.
+
+    Parameters
+    ----------
+    fn
+        Function of the row blocks ``(*xs)``, returning arrays with the same leading axis.
+    mesh
+        The device mesh; its first axis takes the rows.
+    *xs
+        Arrays with a common leading length ``n``.
+
+    Returns
+    -------
+    The outputs of ``fn`` for all ``n`` rows, replicated across the mesh.
+
+    Cost: ``ceil(n / D) * D`` rows of work for ``D`` devices (the padding is computed and
+    dropped), ``ceil(n / D)`` per device; one gather of the outputs.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> from matfree_tj.core import global_mesh, split_rows
+    >>> f = jax.jit(lambda x: split_rows(lambda r: 2 * r, global_mesh(), x))
+    >>> f(jnp.arange(5.0)).tolist()
+    [0.0, 2.0, 4.0, 6.0, 8.0]
     """
     axis = mesh.axis_names[0]
     n = xs[0].shape[0]
@@ -96,7 +127,14 @@ def split_rows(fn: Callable, mesh: Mesh, *xs: jax.Array):
 def least_over_processes(value: int) -> int:
     """The smallest of ``value`` over all processes (itself on one process). For host-side
     choices that must agree everywhere, such as a memory budget on hosts of different size.
-    Every process must call it (a collective)."""
+    Every process must call it (a collective).
+
+    Examples
+    --------
+    >>> from matfree_tj.core import least_over_processes
+    >>> least_over_processes(7)  # one process: itself
+    7
+    """
     if jax.process_count() == 1:
         return int(value)
     from jax.experimental import multihost_utils
