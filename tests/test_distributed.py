@@ -150,6 +150,23 @@ def test_slq_probes_split_over_a_mesh(x64):
     np.testing.assert_allclose(dm.weights, d.weights, rtol=1e-9, atol=1e-12)
 
 
+def test_block_solvers_on_an_explicit_mesh(x64):
+    """jax.make_mesh gives Explicit axes, whose arrays carry the mesh in their type; block
+    products return plain arrays, so the randomized SVD (eager updates of its basis) and block
+    Lanczos give the values they give without a mesh (the randomized SVD used to raise a
+    ShardingTypeError here)."""
+    A = np.diag(np.concatenate([[10.0, 6.0], np.linspace(0.1, 1.0, 18)]))
+    plain = mtj.MatrixOperator(A)
+    meshed = mtj.LinearOperator(
+        lambda v: A @ v, lambda u: A.T @ u, A.shape, A.dtype, mesh=jax.make_mesh((4,), ("d",))
+    )
+    key = jax.random.key(0)
+    for kw in (dict(method="randomized"), dict(block_size=2)):
+        s = mtj.top_singular(meshed, 2, key=key, tol=1e-8, **kw).s
+        np.testing.assert_allclose(s, mtj.top_singular(plain, 2, key=key, tol=1e-8, **kw).s)
+        np.testing.assert_allclose(s, [10.0, 6.0], rtol=1e-8)
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

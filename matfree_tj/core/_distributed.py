@@ -36,7 +36,9 @@ def global_mesh(axis_name: str = "batch") -> Mesh:
     Call :func:`jax.distributed.initialize` first on each process when running on several;
     on one process this is a mesh over its local devices. Pass it as ``mesh=`` to
     :func:`matfree_tj.training_jacobian` (or any operator): block products then split their
-    columns, and SLQ its probes, across all the devices.
+    columns, and SLQ its probes, across all the devices. Its axis is Auto (JAX lays out
+    what is not split), so results are plain arrays; an Explicit mesh (``jax.make_mesh``'s
+    default) works as well and is used the same way.
 
     Examples
     --------
@@ -45,7 +47,7 @@ def global_mesh(axis_name: str = "batch") -> Mesh:
     >>> mesh.devices.size == jax.device_count()
     True
     """
-    return jax.make_mesh((jax.device_count(),), (axis_name,), axis_types=(AxisType.Explicit,))
+    return jax.make_mesh((jax.device_count(),), (axis_name,), axis_types=(AxisType.Auto,))
 
 
 def mesh_size(mesh: Mesh | None) -> int:
@@ -60,8 +62,14 @@ def mesh_size(mesh: Mesh | None) -> int:
     return 1 if mesh is None else int(mesh.shape[mesh.axis_names[0]])
 
 
-def _explicit(mesh: Mesh) -> bool:
-    return any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ()))
+def _auto(mesh: Mesh) -> Mesh:
+    """The same devices and axis names with Auto axes. ``jax.make_mesh`` gives Explicit axes,
+    whose arrays carry the mesh in their type; such a result then cannot meet a plain array in
+    an eager operation (``dynamic_update_slice`` refuses the mix), which the solvers do. Laid
+    out on Auto axes, the work is split the same way and the results are plain arrays."""
+    if not any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ())):
+        return mesh
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * mesh.devices.ndim)
 
 
 def split_rows(fn: Callable, mesh: Mesh, *xs: jax.Array):
@@ -72,7 +80,8 @@ def split_rows(fn: Callable, mesh: Mesh, *xs: jax.Array):
     so the padding computes nothing non-finite), each device runs ``fn`` on its share, and
     the outputs (pytree of arrays with that leading axis) come back replicated on every
     device -- on every process -- with the padding removed. Traceable: call it inside
-    ``jax.jit``.
+    ``jax.jit``. Explicit mesh axes (``jax.make_mesh``) are used as Auto ones, so the
+    outputs are plain arrays.
 
     Parameters
     ----------
@@ -98,6 +107,7 @@ def split_rows(fn: Callable, mesh: Mesh, *xs: jax.Array):
     >>> f(jnp.arange(5.0)).tolist()
     [0.0, 2.0, 4.0, 6.0, 8.0]
     """
+    mesh = _auto(mesh)
     axis = mesh.axis_names[0]
     n = xs[0].shape[0]
     pad = (-n) % mesh_size(mesh)
@@ -108,20 +118,11 @@ def split_rows(fn: Callable, mesh: Mesh, *xs: jax.Array):
         return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)], axis=0)
 
     spec = PartitionSpec(axis)
-    xs = tuple(padded(x) for x in xs)
-    if _explicit(mesh):  # shard_map wants its inputs laid out as in_specs say (Explicit axes)
-        xs = tuple(jax.sharding.reshard(x, NamedSharding(mesh, spec)) for x in xs)
-    out = jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(*xs)
-    full = NamedSharding(mesh, PartitionSpec())
-
-    def replicated(y):
-        if _explicit(mesh):
-            y = jax.sharding.reshard(y, full)
-        else:
-            y = jax.lax.with_sharding_constraint(y, full)
-        return y[:n]
-
-    return jax.tree_util.tree_map(replicated, out)
+    out = jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(
+        *(padded(x) for x in xs)
+    )
+    full = NamedSharding(mesh, PartitionSpec())  # replicated: every process can read it
+    return jax.tree_util.tree_map(lambda y: jax.lax.with_sharding_constraint(y, full)[:n], out)
 
 
 def least_over_processes(value: int) -> int:
