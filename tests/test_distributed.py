@@ -120,6 +120,8 @@ def test_two_processes_match_one(tmp_path):
 
     two = json.loads(paths[0].read_text())
     one = json.loads((tmp_path / "single.json").read_text())
+    assert two["processes"] == 2 and one["processes"] == 1
+    assert len(two["environment"]["devices"]) == 2  # one global mesh over both processes
     assert two["num_products"] == one["num_products"]
     np.testing.assert_allclose(two["top_singular_values"], one["top_singular_values"], rtol=1e-9)
     for what in ("counts", "stderr"):

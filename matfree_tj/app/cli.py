@@ -574,6 +574,8 @@ def _spectrum(args, parser) -> int:
         model=model.config,
         environment=environment(),
         products={"cached": J.cached, "checkpoint": args.checkpoint},
+        processes=jax.process_count(),  # > 1: a jax.distributed run over all their devices
+        block_size=args.block_size,
     )
     if not args.no_plot:
         png = _plot_spectrum(summ, args.out)
