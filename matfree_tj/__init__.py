@@ -13,6 +13,7 @@ from . import analysis as analysis  # noqa: E402,I001 - the analysis layer sits 
 from .core._derived import add_identity as add_identity
 from .core._derived import gram as gram
 from .core._derived import transpose as transpose
+from .core._distributed import global_mesh as global_mesh
 from .core._jacobian import TrainingJacobian as TrainingJacobian
 from .core._jacobian import training_jacobian as training_jacobian
 from .core._memory import MemoryBudgetError as MemoryBudgetError

@@ -26,6 +26,8 @@ import sys
 import time
 import uuid
 
+from . import _distributed
+
 __all__ = ["main", "build_parser"]
 
 
@@ -215,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --resume: delete the state saved in DIR and start over",
     )
+    _distributed.add_arguments(sp)
 
     st = sub.add_parser(
         "study",
@@ -318,7 +321,7 @@ def _log(args):
     ``--quiet``."""
     from ._progress import Progress
 
-    return Progress(quiet=args.quiet)
+    return Progress(quiet=args.quiet or not _distributed.is_writer(args))
 
 
 def _setup(args, parser) -> None:
@@ -336,7 +339,13 @@ def _setup(args, parser) -> None:
         parser.error("--resume applies to --backend matrix-free (dense is a single SVD)")
     if getattr(args, "restart", False) and getattr(args, "resume", None) is None:
         parser.error("--restart needs --resume DIR (the folder to start over in)")
-    _check_outputs(args, parser)
+    if getattr(args, "resume", None) is not None and getattr(args, "coordinator", None):
+        parser.error(
+            "--resume does not combine with --coordinator yet (every process would write the "
+            "same state folder); run the distributed job without --resume"
+        )
+    if _distributed.is_writer(args):  # the other processes of a distributed run write nothing
+        _check_outputs(args, parser)
     if args.dtype == "float64":
         import jax
 
@@ -594,15 +603,21 @@ def _spectrum(args, parser) -> int:
             for b in (("matrix-free", "dense") if auto else (args.backend,))
         ]
     for path in stale:  # a run that fails must not leave a previous run's results as its own
-        if os.path.exists(path):
+        if _distributed.is_writer(args) and os.path.exists(path):
             os.remove(path)
             log(f"removed the previous run's {path}")
     cache = {} if args.cache == "auto" else dict(forward="jvp", cache_reverse=False)
-    J = training_jacobian(model.train_fn, model.params0, checkpoint=args.checkpoint, **cache)
+    J = training_jacobian(
+        model.train_fn,
+        model.params0,
+        checkpoint=args.checkpoint,
+        mesh=_distributed.mesh(args),
+        **cache,
+    )
     log(f"products: cached {J.cached}, checkpoint {args.checkpoint}")
     why = None
-    if auto and (store is not None or args.compare_dense):
-        why = "--resume and --compare-dense need the matrix-free backend"
+    if auto and (store is not None or args.compare_dense or args.coordinator is not None):
+        why = "--resume, --compare-dense and --coordinator need the matrix-free backend"
         log(f"--backend auto: matrix-free ({why})")
     elif auto:
         args.backend, why = an.choose_backend(
@@ -634,10 +649,13 @@ def _spectrum(args, parser) -> int:
         progress=log,
         max_products=args.max_products,
         resume_dir=store,
+        top_opts={"block_size": args.block_size} if args.block_size > 1 else None,
     )
     log.close()
     seconds = time.perf_counter() - t0
     log(f"done in {seconds:.1f}s")
+    if not _distributed.is_writer(args):
+        return 0  # process 0 prints and writes the results (every process holds them)
 
     print(f"training Jacobian of {label}: P = {P}, backend = {args.backend}, dtype = {J.dtype}")
     if why is not None:
@@ -692,6 +710,8 @@ def _spectrum(args, parser) -> int:
         model=model.config,
         environment=environment(),
         products={"cached": J.cached, "checkpoint": args.checkpoint},
+        processes=jax.process_count(),  # > 1: a jax.distributed run over all their devices
+        block_size=args.block_size,
     )
     dense_values = None
     if args.compare_dense:
@@ -1055,6 +1075,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    _distributed.start(args, parser)  # jax.distributed.initialize before any other JAX use
     _setup(args, parser)
     try:
         if args.command == "spectrum":

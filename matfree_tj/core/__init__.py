@@ -11,6 +11,10 @@ from ._derived import Transposed as Transposed
 from ._derived import add_identity as add_identity
 from ._derived import gram as gram
 from ._derived import transpose as transpose
+from ._distributed import global_mesh as global_mesh
+from ._distributed import least_over_processes as least_over_processes
+from ._distributed import mesh_size as mesh_size
+from ._distributed import split_rows as split_rows
 from ._jacobian import TrainingJacobian as TrainingJacobian
 from ._jacobian import training_jacobian as training_jacobian
 from ._memory import MemoryBudgetError as MemoryBudgetError

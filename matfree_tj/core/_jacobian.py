@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from ._distributed import least_over_processes
 from ._operator import AbstractOperator, _check_settings
 from ._train import CHECKPOINT_MODES, resolve_trainable, warn_narrow_optimizer_state
 
@@ -181,7 +182,8 @@ def training_jacobian(
     cache_budget_bytes
         Memory allowed for the two caches together under ``"auto"`` (the forward cache is
         considered first, the reverse one gets what is left). Default ``None``: a quarter of
-        the memory of the device holding ``params0`` (host RAM on CPU; at least 1 GiB).
+        the memory of the device holding ``params0`` (host RAM on CPU; at least 1 GiB); across
+        processes (``jax.distributed``) the smallest of theirs, so all cache alike.
         Sizes are found abstractly (``jax.eval_shape``) before anything is stored;
         ``J.cached`` says what was cached.
     chunk_size
@@ -306,7 +308,12 @@ def training_jacobian(
         shapes = jax.eval_shape(make, theta0)
         return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(shapes))
 
-    budget = default_cache_budget(theta0) if cache_budget_bytes is None else cache_budget_bytes
+    if cache_budget_bytes is None:
+        # several processes (jax.distributed): the smallest host's budget, so that every
+        # process caches the same things and runs the same programs
+        budget = least_over_processes(default_cache_budget(theta0))
+    else:
+        budget = cache_budget_bytes
     if forward == "auto":
         lin_bytes = cache_bytes(lambda th: jax.linearize(f_fwd, th)[1])
         forward = "linearize" if lin_bytes <= budget else "jvp"

@@ -29,8 +29,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
+from ._distributed import split_rows
 from ._memory import check_fits
 
 __all__ = [
@@ -128,31 +129,11 @@ def _chunked_vmap(fn, X: jax.Array, chunk_size: int) -> jax.Array:
 
 
 def _block_apply(fn, X: jax.Array, chunk_size: int, mesh: Mesh | None) -> jax.Array:
-    """Columns of ``X`` through ``fn``: chunked, and split across ``mesh`` devices if given."""
+    """Columns of ``X`` through ``fn``: chunked, and split across ``mesh`` devices if given
+    (every device, on every process of a ``jax.distributed`` run, gets the whole result)."""
     if mesh is None:
         return _chunked_vmap(fn, X, chunk_size)
-    axis = mesh.axis_names[0]
-    num_dev = mesh.shape[axis]
-    k = X.shape[1]
-    Xp = jnp.pad(X, ((0, 0), (0, (-k) % num_dev)))
-    spec = PartitionSpec(None, axis)
-    explicit = any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ()))
-    if explicit:
-        # jax.make_mesh gives Explicit axes: shard_map then needs the input laid out as its
-        # in_specs say, and the sharded output cannot be sliced to k columns in place (with
-        # Auto axes both happen by themselves)
-        Xp = jax.sharding.reshard(Xp, NamedSharding(mesh, spec))
-    local = jax.shard_map(
-        lambda Xl: _chunked_vmap(fn, Xl, chunk_size),
-        mesh=mesh,
-        in_specs=spec,
-        out_specs=spec,
-        check_vma=False,
-    )
-    Y = local(Xp)
-    if explicit:
-        Y = jax.sharding.reshard(Y, NamedSharding(mesh, PartitionSpec()))
-    return Y[:, :k]
+    return split_rows(lambda Xl: _chunked_vmap(fn, Xl.T, chunk_size).T, mesh, X.T).T
 
 
 # The compiled products of every leaf operator: one executable per operator *structure* (class,

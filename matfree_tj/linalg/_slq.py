@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core import AbstractOperator, Projected
+from ..core import AbstractOperator, Projected, mesh_size, split_rows
 from ._checks import check_int, check_key, check_operator, run_guarded
 from ._dense import dense_svd
 from ._gkl import gkl_cycle
@@ -89,6 +89,25 @@ def _slq_batch(op: AbstractOperator, Z, keys, num_steps: int, batch_size: int):
     return jax.lax.map(one, (Z, keys), batch_size=batch_size)
 
 
+@eqx.filter_jit
+def _slq_split(op: AbstractOperator, Z, keys, num_steps: int, batch_size: int):
+    """:func:`_slq_batch` with the probes split across ``op.mesh`` (every process of a
+    ``jax.distributed`` run takes its share); the results come back replicated."""
+    return split_rows(
+        lambda Zl, kl: _slq_batch(op, Zl, kl, num_steps, min(batch_size, Zl.shape[0])),
+        op.mesh,
+        Z,
+        keys,
+    )
+
+
+def _run_probes(op: AbstractOperator, Z, keys, num_steps: int, batch_size: int):
+    """The probes' Lanczos runs, split across the operator's mesh when it has more than one
+    device along its first axis."""
+    kernel = _slq_split if mesh_size(op.mesh) > 1 else _slq_batch
+    return run_guarded(kernel, op, Z, keys, num_steps, batch_size)
+
+
 def _slq_chunks(op, Z, keys, num_steps, chunk, stage, progress):
     """:func:`_slq_batch` on ``chunk`` probes at a time, each finished chunk saved to ``stage``
     (part ``probes-<first>``) and a saved one loaded instead of recomputed."""
@@ -98,7 +117,7 @@ def _slq_chunks(op, Z, keys, num_steps, chunk, stage, progress):
         saved = stage.load(f"probes-{i:05d}")
         if saved is None:
             j = min(i + chunk, n)
-            out = run_guarded(_slq_batch, op, Z[i:j], keys[i:j], num_steps, j - i)
+            out = _run_probes(op, Z[i:j], keys[i:j], num_steps, j - i)
             out = tuple(np.asarray(x) for x in out)
             stage.save(f"probes-{i:05d}", dict(zip(("R", "Uz", "finite"), out, strict=True)))
             todo += 1
@@ -155,7 +174,10 @@ def singular_value_density(
         so per-probe counts sum to ``P`` exactly.
     probe_batch
         Probes run together under ``vmap`` (default: as many as fit in ~256 MB of bases;
-        1 with a ``checkpoint``).
+        1 with a ``checkpoint``). With a device mesh on the operator (``mesh=``, e.g.
+        :func:`matfree_tj.global_mesh` after ``jax.distributed.initialize``) the probes are split
+        across its first axis, each device running its share ``probe_batch`` at a time; the
+        results are the same.
     deflate
         Optional :class:`~matfree_tj.SingularTriplets` (e.g. from :func:`top_singular`): its
         *converged* triplets are counted exactly and removed before the quadrature, which
@@ -243,7 +265,7 @@ def singular_value_density(
             Z = Z / jnp.linalg.norm(Z, axis=1, keepdims=True)
     keys = jnp.arange(num_probes, dtype=op.dtype)  # seeds of unused breakdown directions
     if checkpoint is None:
-        R, Uz, finite = run_guarded(_slq_batch, op, Z, keys, num_steps, probe_batch)
+        R, Uz, finite = _run_probes(op, Z, keys, num_steps, probe_batch)
     else:
         stage = checkpoint.stage(
             "slq", shape=op.shape, dtype=str(op.dtype), num_probes=num_probes,
