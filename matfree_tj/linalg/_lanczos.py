@@ -18,10 +18,14 @@ a deflated operator looks for values the Krylov space missed.
 The bottom end (:func:`bottom_singular`) is the same machinery keeping the *smallest* Ritz
 vectors at each restart. Working on :math:`A` (not :math:`A^T A`) resolves a small singular
 value to absolute accuracy :math:`\sim\epsilon\|A\|` once the Krylov space holds its
-singular subspace; how fast that happens depends on gaps relative to :math:`\|A\|^2`, so a
-dense cluster of tiny values (1e-9 .. 1e-3 in the paper's MLP) may not converge within a
-budget. Flags are therefore per value and certified: ``converged[i]`` implies an exact singular
-value within ``residuals[i] / sqrt(2)`` of ``s[i]``.
+singular subspace; how fast that happens depends on gaps relative to :math:`\|A\|^2`: every
+value that is small at that scale needs a Ritz value of its own before the smallest converges,
+and a thick restart keeps only ``keep`` directions, so the restarts stall when there are more
+(a dense cluster of tiny values, 1e-9 .. 1e-3 in the paper's MLP). The driver then grows the
+basis (doubling, up to ``max_basis``). Harmonic extraction (:func:`._restart.harmonic_ritz`)
+is an option. Flags are per value and certified: ``converged[i]`` implies an exact singular
+value within ``residuals[i] / sqrt(2)`` of ``s[i]``; values below the floor ``atol`` are
+certified only as lying within it of zero (``status="below_resolution"``).
 
 ``block_size > 1`` runs the same half-step kernels on blocks of ``b`` columns: block products
 (``op.matmat`` / ``op.rmatmat``), the same column-by-column orthogonalisation, residual

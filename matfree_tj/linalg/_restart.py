@@ -11,6 +11,12 @@ when the next cycle orthogonalises against them. Memory stays ``(2m + 1) P``.
 
 Cost: ``O(P m keep)`` flops per restart, no operator products.
 
+For the bottom end, :func:`harmonic_ritz` and :func:`harmonic_restart` offer the harmonic
+alternative (the SVD of :math:`[R^T; D]`, the harmonic Ritz values of :math:`A^T A` on
+:math:`V_m`; Baglama & Reichel 2005): the kept pairs satisfy :math:`A^T u_i = s_i v_i`
+exactly, their residuals lie in the ``b`` directions of :func:`residual_block` (``b``
+products), and the next cycle runs on :math:`A^T`.
+
 References
 ----------
 Wu & Simon, "Thick-restart Lanczos method for large symmetric eigenvalue problems", SIAM J.
