@@ -614,7 +614,8 @@ def bottom_singular(
     keep
         Ritz vectors kept at a restart (default ``k + (m - k) // 2``).
     max_products
-        Product budget (default ``max(50 m, 2000)``).
+        Product budget (default ``max(50 m, 2000, 8 max_basis)``: room for the basis to
+        grow to ``max_basis`` and for ``verify``).
     v0
         Optional start vector.
     block_size
@@ -681,6 +682,9 @@ def bottom_singular(
         max_basis = min(r, max(m, min(1000, 2**28 // (2 * r * itemsize))))
     else:
         max_basis = check_int("max_basis", max_basis, m, r, "P (the operator's size)")
+    if max_products is None:
+        # room to grow: the doublings cost about 4 max_basis, verify about 2 max_basis more
+        max_products = max(50 * m, 2000, 8 * max_basis)
     if extraction not in ("ritz", "harmonic"):
         raise ValueError(f"extraction must be 'ritz' or 'harmonic', got {extraction!r}.")
     res = _run(
