@@ -76,7 +76,7 @@ def test_clustered_null_space_is_certified(num_distinct):
     # ... and still match the oracle to within the floor (the null space, not 1e-4 .. 4e-3)
     np.testing.assert_allclose(np.asarray(res.s), s_true[:5], rtol=0, atol=res.atol)
     assert_certified(res, A, s_true)
-    # products scale with the number of distinct values, not with P (measured: 504 and 956,
+    # products scale with the number of distinct values, not with P (measured: 504 and 880,
     # verification included)
     assert res.num_products <= 12 * (num_distinct + 8), res.num_products
 
