@@ -156,6 +156,7 @@ def find_missed(
     atol: float | None,
     max_products: int,
     progress: Callable[[str], None] | None,
+    max_basis: int | None = None,
 ) -> SingularTriplets:
     r"""Look for singular values beyond ``s_k`` that the Krylov space missed, and take them in.
 
@@ -176,6 +177,9 @@ def find_missed(
 
     ``solve`` is the restarted Lanczos driver (``_lanczos._lanczos_svd``), passed in so that
     certification sits below the drivers in the import graph.
+
+    ``max_basis`` (bottom): the basis size the main run ended with (its restarts stalled at
+    smaller sizes); the search starts there instead of at 80 vectors.
 
     Cost: one small Lanczos run per round, counted in ``num_products``; if the budget runs out
     first, ``status`` says ``"unverified"``.
@@ -199,7 +203,9 @@ def find_missed(
         Ua, Va = np.concatenate(found_U, axis=1), np.concatenate(found_V, axis=1)
         if Ua.shape[1] >= r - 1:
             break
-        mb = min(r - Ua.shape[1], 20 if top else 80)
+        # bottom: start at the basis size the main run ended with (its restarts stalled below
+        # that size, and the raised operator's spectrum is the same problem)
+        mb = min(r - Ua.shape[1], 20 if top else max(80, max_basis or 0))
         left = max_products - used
         if left < 2 * mb + 2:
             status = Status.UNVERIFIED
@@ -228,6 +234,7 @@ def find_missed(
             max_products=left,
             v0=v0,
             stop_below=s[kth] - margin_k if top else None,
+            max_basis=mb,
         )
         used += int(sub.num_products)
         rounds += 1

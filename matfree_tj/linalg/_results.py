@@ -42,6 +42,11 @@ class Status(enum.StrEnum):
     """The Krylov space was exhausted."""
     NONFINITE = "nonfinite"
     """An operator product was NaN or inf."""
+    BELOW_RESOLUTION = "below_resolution"
+    """Every flag set, but some values lie below the resolution floor ``atol`` (by default
+    ``100 eps_p ||A||``): each is certified only as a singular value within ``atol`` of zero
+    (``SingularTriplets.below_floor``), not to relative accuracy. Set by
+    :func:`~matfree_tj.bottom_singular`."""
 
 
 class SingularTriplets(eqx.Module):
@@ -78,7 +83,10 @@ class SingularTriplets(eqx.Module):
         set, and with ``verify=True`` no larger value found missing from a top-k, or smaller
         one from a bottom-k), ``"max_products"`` (budget spent first), ``"unverified"`` (all
         flags set, but the check for missed values did not finish within the budget),
-        ``"breakdown"`` (the Krylov space was exhausted) or ``"nonfinite"``.
+        ``"breakdown"`` (the Krylov space was exhausted), ``"nonfinite"``, or (from
+        :func:`bottom_singular`) ``"below_resolution"``: every flag set, but some values lie
+        below the floor ``atol`` and are certified only as lying within it of zero
+        (:attr:`below_floor`).
     method, which
         The algorithm (``"lanczos"``, ``"randomized"``, ``"dense"``) and the end of the
         spectrum (``"largest"``, ``"smallest"``, or ``"all"`` for the dense SVD).
@@ -108,6 +116,18 @@ class SingularTriplets(eqx.Module):
         return int(np.sum(np.asarray(self.converged)))
 
     @property
+    def below_floor(self) -> np.ndarray:
+        r"""``(k,)`` bool: values at or below the resolution floor ``atol``.
+
+        Products rounded to ``eps_p`` carry an error of about :math:`\epsilon_p \|A\|`, so no
+        residual certifies a value below the floor ``atol`` (by default
+        :math:`100 \epsilon_p \|A\|`: about :math:`2 \cdot 10^{-14}\|A\|` in float64,
+        :math:`10^{-5}\|A\|` in float32) to relative accuracy: such a flagged value says only
+        that a singular value lies within about ``atol`` of zero.
+        """
+        return np.asarray(self.s, np.float64) <= self.atol
+
+    @property
     def k(self) -> int:
         """Number of triplets."""
         return int(self.s.shape[0])
@@ -126,6 +146,8 @@ class SingularTriplets(eqx.Module):
             "residuals": [float(r) for r in np.asarray(self.residuals)],
             "status": str(self.status),
             "num_products": int(self.num_products),
+            "floor": float(self.atol),
+            "below_floor": [bool(x) for x in self.below_floor],
         }
 
     def with_canonical_signs(self) -> SingularTriplets:
