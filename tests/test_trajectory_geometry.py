@@ -363,6 +363,11 @@ def test_bad_distance_inputs():
         mtj.bhattacharyya_distances(p, kind="poisson")
     with pytest.raises(ValueError, match="chunk_size"):
         mtj.bhattacharyya_distances(p, chunk_size=0)
+    with pytest.raises(TypeError, match="chunk_size .* must be an integer"):
+        mtj.bhattacharyya_distances(p, chunk_size=2.7)  # was truncated to 2 silently
+    for bad in ("a", np.array([1.0, 2.0])):  # were float()'s own messages
+        with pytest.raises(TypeError, match="sigma must be one number"):
+            mtj.bhattacharyya_distances(np.ones((3, 2)), kind="gaussian", sigma=bad)
 
 
 def test_bad_inpca_inputs():

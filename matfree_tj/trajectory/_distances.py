@@ -165,7 +165,12 @@ def _check_kind(kind: str, sigma: Any, log: bool) -> float | None:
             "kind='gaussian' needs the shared noise scale: pass sigma=... (> 0), e.g. the "
             "residual standard deviation of the outputs."
         )
-    s = float(sigma)
+    try:
+        s = float(sigma)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"sigma must be one number (the shared isotropic standard deviation), got {sigma!r}."
+        ) from None
     if not (math.isfinite(s) and s > 0):
         raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}.")
     return s
@@ -175,6 +180,10 @@ def _tile_side(chunk_size: Any, n: int, c: int, m_max: int) -> int:
     if chunk_size is None:
         pairs = max(1, _TILE_NUMBERS // (n * c))
     else:
+        if isinstance(chunk_size, (bool, np.bool_)) or not isinstance(
+            chunk_size, (int, np.integer)
+        ):
+            raise TypeError(f"chunk_size (pairs per tile) must be an integer, got {chunk_size!r}.")
         pairs = int(chunk_size)
         if pairs < 1:
             raise ValueError(f"chunk_size (pairs per tile) must be >= 1, got {chunk_size}.")
