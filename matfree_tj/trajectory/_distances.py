@@ -369,11 +369,11 @@ def bhattacharyya_distances(
 
     Cost: ``m^2 N C / 2`` multiply-adds for the coefficients, as many squared differences
     for the near pairs' Hellinger distances (module notes), and ``m^2 N / 2`` logarithms
-    (``m m' N C`` and ``m m' N`` with ``b``); with ``log=True`` a tile that needs the exact log-sum-exp adds
-    ``r^2 N C`` exponentials. One compile per shape and tile size; memory the output (plus one
-    transient copy while the triangle is mirrored) and one tile. Coefficients that underflow
-    are clamped at ``finfo.tiny`` and reported by an :class:`UnderflowWarning` (never a silent
-    ``inf``).
+    (``m m' N C`` and ``m m' N`` with ``b``); with ``log=True`` a tile that needs the exact
+    log-sum-exp adds ``r^2 N C`` exponentials. One compile per shape and tile size; memory
+    the output (plus one transient copy while the triangle is mirrored) and one tile.
+    Coefficients that underflow are clamped at ``finfo.tiny`` and reported by an
+    :class:`UnderflowWarning` (never a silent ``inf``).
 
     References
     ----------
