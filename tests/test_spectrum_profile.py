@@ -133,6 +133,30 @@ def test_default_grid_distance_rounding_and_record(known):
     assert back.dim == P and back.level == 0.95
 
 
+def test_bottom_values_enter_the_band(known):
+    """Exact smallest values (1e-8 ...) are where the quadrature says nothing (band [0, x],
+    estimate at the smallest node): given as bottom, the estimate and band hold them at
+    P, P - 1, P - 2, every other lower end is at least the largest of them, and the dense
+    spectrum still lies inside."""
+    op, s, top = known
+    d = _density(op, 5, 6, 40, deflate=top)
+    every = np.arange(1, P + 1)
+    plain = spectrum_profile(d, index=every)
+    assert np.all(plain.lower[-3:] == 0) and np.all(plain.estimate[-3:] > 1e3 * s[-3:])
+    prof = spectrum_profile(d, index=every, bottom=s[-3:])
+    np.testing.assert_array_equal(prof.estimate[-3:], s[-3:])
+    np.testing.assert_array_equal(prof.lower[-3:], s[-3:])
+    np.testing.assert_array_equal(prof.upper[-3:], s[-3:])
+    assert np.all(prof.lower[:-3] >= s[-3]) and np.all(prof.lower <= prof.upper)
+    assert np.mean(_inside(prof, s)) >= np.mean(_inside(plain, s))
+    with pytest.raises(ValueError, match="finite singular values >= 0"):
+        spectrum_profile(d, bottom=[np.nan])
+    with pytest.raises(TypeError, match="index must hold integers"):
+        spectrum_profile(d, index=[2.5, 3])
+    with pytest.raises(ValueError, match="boundaries must be finite"):
+        spectrum_profile(d, boundaries=[np.nan])
+
+
 def test_one_probe_band_makes_no_claim_and_bad_input(known):
     op, _, _ = known
     d = _density(op, 0, 1, 20)

@@ -28,6 +28,21 @@ def linear(seed=0, dtype=None):
 def no_apply(seed=0):
     lin = linear(seed)
     return lin.train_fn, lin.params0
+
+def stateful(seed=0, dtype=None):
+    import types, optax
+    lin = linear(seed, dtype)
+
+    def loss(w, b, s):
+        pred = b[0] @ w
+        return 0.5 * jnp.mean((pred - s - b[1]) ** 2), 0.8 * s + 0.2 * jnp.mean(pred)
+
+    batches = mtj.full_batch_schedule((lin.X, lin.y), 12)
+    train = mtj.make_train_fn(loss, optax.sgd(0.5), batches, model_state=jnp.ones((), lin.X.dtype))
+    return types.SimpleNamespace(
+        train_fn=train, params0=lin.params0, apply=lambda w, x, s: x @ w - s,
+        probe_inputs=lin.X, prediction_kind="gaussian", sigma=1.0,
+    )
 """
 
 
@@ -83,6 +98,30 @@ def test_gaussian_closed_form(problem_dir, capsys):
     ev = ev[np.argsort(-np.abs(ev))]
     np.testing.assert_allclose(doc["inpca"]["eigenvalues"], ev, rtol=0, atol=1e-10)
     assert not os.path.exists(problem_dir / "o" / "trajectory_widths.png")  # --no-plot
+
+
+def test_model_state_reaches_apply(problem_dir, capsys):
+    """A run with model_state= and apply(params, x, state): each checkpoint's state is
+    passed (it failed inside JAX with a missing argument)."""
+    from trajprob import stateful
+
+    import matfree_tj as mtj
+
+    argv = ["trajectory", "--problem", "trajprob:stateful", "--dtype", "float64", "--every", "3"]
+    assert cli.main([*argv, "--num-components", "4", "--out", "s", "--no-plot", "--quiet"]) == 0
+    doc = json.loads((problem_dir / "s" / "trajectory.json").read_text())
+    run = stateful(dtype="float64")
+    traj = mtj.record_trajectory(run.train_fn, run.params0, every=3)
+    F = np.asarray(
+        mtj.trajectory_predictions(
+            run.apply, traj, run.probe_inputs, output="raw", with_model_state=True
+        )
+    )
+    assert np.ptp(np.asarray(traj.model_state)) > 0.1  # the state moves
+    Fc = F - F.mean(0)
+    ev = np.linalg.eigvalsh(Fc @ Fc.T / (8 * F.shape[1]))
+    ev = ev[np.argsort(-np.abs(ev))][:4]
+    np.testing.assert_allclose(doc["inpca"]["eigenvalues"], ev, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize(

@@ -164,6 +164,12 @@ def test_bad_inputs(lin):
         mtj.trajectory_predictions(lambda w, x: x @ w, traj, lin.X, with_model_state=True)
     with pytest.raises(IndexError, match="out of range"):
         traj.at(2)
+    # one output per input: a softmax would normalise over the N inputs, not over classes
+    for apply in (lambda w, x: x @ w, lambda w, x: (x @ w)[:, None]):
+        with pytest.raises(ValueError, match="C >= 2 classes"):
+            mtj.trajectory_predictions(apply, traj, lin.X, output="log_probabilities")
+    raw = mtj.trajectory_predictions(lambda w, x: x @ w, traj, lin.X, output="raw")
+    assert raw.shape == (2, lin.X.shape[0])
 
 
 def test_memory_independent_of_the_number_of_steps():

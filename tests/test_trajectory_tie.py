@@ -5,6 +5,7 @@ and the random baselines match k/P within their sampling error."""
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 import matfree_tj as mtj
@@ -129,3 +130,58 @@ def test_matrix_free_backend_agrees(run):
     )
     assert abs(tie.stress_fraction["chaotic"] - dense_tie.stress_fraction["chaotic"]) < 1e-8
     assert abs(tie.stress_fraction["moved_right"] - 1.0) < 1e-8
+
+
+def test_frozen_leaves_follow_the_recorded_run():
+    """With trainable={"w": True, "b": False} and plain SGD the run still moves b; the ribbon
+    is the recorded one (b_t in D and D^B), not one with b held at b_0 (J.unravel's fill)."""
+    kx, ky, kw = jax.random.split(jax.random.key(11), 3)
+    X, y = jax.random.normal(kx, (10, 4)), 3.0 + jax.random.normal(ky, (10,))
+    params0 = {"w": jax.random.normal(kw, (4,)), "b": jax.numpy.zeros(())}
+
+    def apply(p, x):
+        return x @ p["w"] + p["b"]
+
+    def loss(p, batch):
+        return 0.5 * jax.numpy.mean((apply(p, batch[0]) - batch[1]) ** 2)
+
+    train = mtj.make_train_fn(
+        loss,
+        optax.sgd(0.3),
+        mtj.full_batch_schedule((X, y), 6),
+        trainable={"w": True, "b": False},
+    )
+    traj = mtj.record_trajectory(train, params0, every=2)
+    b = np.asarray(traj.params["b"])
+    assert np.ptp(b) > 0.5  # b moves
+    J = mtj.training_jacobian(train, params0)
+    Jd = np.asarray(J.to_dense())
+    tie = trajectory_vs_jacobian(
+        traj,
+        J,
+        k=2,
+        key=jax.random.key(0),
+        backend="dense",
+        dense=Jd,
+        num_random=2,
+        apply_fn=apply,
+        inputs=X,
+        kind="gaussian",
+        sigma=SIGMA,
+        num_random_stress=1,
+    )
+    B = np.linalg.svd(Jd - np.eye(4))[2][:2].T  # the moved subspace (top 2 of J - I)
+    Theta, Xn = np.asarray(traj.flat()), np.asarray(X)
+
+    def w_of(T, b):
+        F = T @ Xn.T + b[:, None]
+        D = ((F[:, None, :] - F[None, :, :]) ** 2).sum(-1) / (8 * SIGMA**2 * Xn.shape[0])
+        L = np.eye(len(T)) - 1.0 / len(T)
+        return -0.5 * L @ D @ L
+
+    def chi(b):
+        W, Wb = w_of(Theta, b), w_of(Theta[0] + (Theta - Theta[0]) @ B @ B.T, b)
+        return 1 - np.linalg.norm(W - Wb) / np.linalg.norm(W)
+
+    assert abs(tie.stress_fraction["moved_right"] - chi(b)) < 1e-10
+    assert abs(chi(b) - chi(np.zeros_like(b))) > 1e-3  # the two definitions differ here

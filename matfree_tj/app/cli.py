@@ -277,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
         "by InPCA and write trajectory.json (eigenvalues, explained stress, ribbon widths and "
         "their geometric decay) and PNG figures into --out. The problem gives apply(params, x) "
         "and probe_inputs (or X_test); prediction_kind 'categorical' (default; softmax of "
-        "apply) or 'gaussian' (apply's output as means, standard deviation .sigma).",
+        "apply) or 'gaussian' (apply's output as means, standard deviation .sigma). A run "
+        "with model_state= whose apply takes three arguments gets apply(params, x, state) "
+        "with each checkpoint's state.",
     )
     _model_options(tr)
     tr.add_argument(
@@ -877,8 +879,24 @@ def _trajectory_problem(args, parser):
         )
     if args.method == "lanczos" and args.num_components > m - 1:
         parser.error(f"--method lanczos needs --num-components <= {m - 1}")
-    extra = dict(apply=apply, probe=probe, kind=kind, sigma=sigma, every=every, T=T)
+    # a run with model state (BatchNorm statistics, ...) whose apply takes it: apply(p, x, s_t)
+    with_state = model.train_fn.model_state is not None and _takes_three(apply)
+    extra = dict(
+        apply=apply, probe=probe, kind=kind, sigma=sigma, every=every, T=T, with_state=with_state
+    )
     return model, label, extra
+
+
+def _takes_three(fn) -> bool:
+    import inspect
+
+    try:
+        inspect.signature(fn).bind(0, 0, 0)
+    except TypeError:
+        return False
+    except ValueError:  # no signature to inspect (a builtin): assume (params, x)
+        return False
+    return True
 
 
 def _namespace(train_fn, params0, num_params, config, run):
@@ -911,7 +929,12 @@ def _trajectory(args, parser) -> int:
     log(f"{m} checkpoints; predictions on {n_in} probe inputs ({kind})")
     output = "log_probabilities" if kind == "categorical" else "raw"
     preds = trajectory_predictions(
-        x["apply"], traj, x["probe"], output=output, chunk_size=args.chunk_size
+        x["apply"],
+        traj,
+        x["probe"],
+        output=output,
+        chunk_size=args.chunk_size,
+        with_model_state=x["with_state"],
     )
     log(f"Bhattacharyya distances ({m} x {m})")
     if kind == "categorical":

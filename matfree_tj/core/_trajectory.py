@@ -115,7 +115,7 @@ def _checkpoint_steps(T: int, every: Any, steps: Any) -> tuple[int, ...]:
     if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(
             f"steps must be a non-empty 1-d sequence of integers, got {steps!r}; e.g. "
-            f"steps=[0, 10, {T}]."
+            f"steps=[0, {T // 2}, {T}]."
         )
     if arr.min() < 0 or arr.max() > T or np.any(np.diff(arr) <= 0):
         raise ValueError(
@@ -342,4 +342,16 @@ def trajectory_predictions(
     if with_model_state:
         mstate, mstatic = eqx.partition(trajectory.model_state, eqx.is_array)
     chunk = min(int(chunk_size), trajectory.num_checkpoints)
+    if output != "raw":
+        # softmax over a (N,) output would normalise over the inputs, silently
+        shape = jax.eval_shape(
+            lambda: _predict(apply_fn, arrays, static, mstate, mstatic, inputs, "raw", chunk)
+        ).shape
+        if len(shape) < 3 or shape[-1] < 2:
+            raise ValueError(
+                f"output={output!r} takes the softmax over the last axis of apply_fn's output, "
+                f"which must be (N, ..., C) logits with C >= 2 classes; got {tuple(shape[1:])} "
+                "per checkpoint. For one logit z per input (binary) return "
+                "jnp.stack([jnp.zeros_like(z), z], -1); for regression outputs use output='raw'."
+            )
     return _predict(apply_fn, arrays, static, mstate, mstatic, inputs, output, chunk)

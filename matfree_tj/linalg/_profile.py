@@ -66,7 +66,8 @@ class SpectrumProfile:
         The values counted exactly (deflated triplets), descending, at indices ``1..c``.
     bottom_values
         Exactly computed smallest values (e.g. converged :func:`~matfree_tj.bottom_singular`),
-        ascending, at indices ``dim, dim - 1, ...`` (empty if none were given).
+        ascending, at indices ``dim, dim - 1, ...`` (empty if none were given); the estimate
+        and band hold them there, and the band's lower end is at least their largest elsewhere.
     dim
         ``P``.
     level
@@ -252,7 +253,10 @@ def spectrum_profile(
         :math:`100 \epsilon \|A\|` for products in a dtype with machine epsilon
         :math:`\epsilon`, the floor the solvers certify to).
     bottom
-        Optional exactly computed smallest values (any order), placed at ``P, P - 1, ...``.
+        Optional exactly computed smallest values (any order; they must be the smallest
+        ``b``, e.g. the converged ones of :func:`~matfree_tj.bottom_singular`): exact at
+        ``P, P - 1, ..., P - b + 1`` (estimate and band, widened by ``rounding``), and the
+        lower end of the band at every other index is at least their largest.
 
     Returns
     -------
@@ -335,13 +339,22 @@ def spectrum_profile(
         if int(num_points) < 4:
             raise ValueError(f"Expected num_points >= 4, got {num_points}.")
         extra = [c, c + 1]
-        for b in np.atleast_1d(np.asarray(boundaries, dtype=np.float64)):
+        bounds = np.atleast_1d(np.asarray(boundaries, dtype=np.float64))
+        if not np.all(np.isfinite(bounds)):
+            raise ValueError(f"boundaries must be finite values of sigma, got {boundaries!r}.")
+        for b in bounds:
             j = int(round(float(np.interp(b, xs, ns))))  # estimated number of values >= b
             extra += [j, j + 1]
         idx = np.concatenate([_default_index(P, int(num_points)), extra])
         idx = np.unique(idx[(idx >= 1) & (idx <= P)])
     else:
-        idx = np.unique(np.asarray(index, dtype=np.int64))
+        raw = np.asarray(index)
+        if raw.dtype == bool or not (
+            np.issubdtype(raw.dtype, np.integer)
+            or (np.issubdtype(raw.dtype, np.floating) and np.all(raw == np.round(raw)))
+        ):
+            raise TypeError(f"index must hold integers (1 = the largest value), got {index!r}.")
+        idx = np.unique(raw.astype(np.int64))
         if idx.size == 0 or idx[0] < 1 or idx[-1] > P:
             raise ValueError(f"Expected indices in 1..{P} (1 = the largest value), got {index!r}.")
     i = idx.astype(np.float64)
@@ -354,16 +367,6 @@ def spectrum_profile(
     upper = np.where(j_first < k, S[np.minimum(j_first, k - 1)], cap)
     upper = np.maximum(upper, lower)
 
-    # estimate: invert the interpolated counts at i - 1/2
-    estimate = np.interp(-(i - 0.5), -ns, xs)
-    # the deflated values are exact at their indices
-    top = idx <= c
-    estimate = np.where(top, d[np.minimum(idx, c) - 1] if c else 0.0, estimate)
-    lower = np.where(top, estimate, lower)
-    upper = np.where(top, estimate, upper)
-    lower, upper = np.maximum(lower - rounding, 0.0), upper + rounding
-    estimate = np.clip(estimate, lower, upper)
-
     bottom_values = (
         np.zeros(0) if bottom is None else np.sort(np.asarray(bottom, dtype=np.float64).ravel())
     )
@@ -371,6 +374,27 @@ def spectrum_profile(
         raise ValueError(
             f"Got {bottom_values.size} bottom values, but only {P - c} indices are not deflated."
         )
+    if not np.all(np.isfinite(bottom_values) & (bottom_values >= 0)):
+        raise ValueError(f"bottom values must be finite singular values >= 0, got {bottom!r}.")
+    nb = bottom_values.size
+
+    # estimate: invert the interpolated counts at i - 1/2
+    estimate = np.interp(-(i - 0.5), -ns, xs)
+    # the deflated values are exact at their indices
+    top = idx <= c
+    estimate = np.where(top, d[np.minimum(idx, c) - 1] if c else 0.0, estimate)
+    lower = np.where(top, estimate, lower)
+    upper = np.where(top, estimate, upper)
+    if nb:
+        # the exact smallest values at P, P - 1, ...; every value above them is >= their largest
+        low_end = idx > P - nb
+        exact = bottom_values[np.clip(P - idx, 0, nb - 1)]
+        estimate = np.where(low_end, exact, estimate)
+        lower = np.where(low_end, exact, np.maximum(lower, bottom_values[-1]))
+        upper = np.where(low_end, exact, np.maximum(upper, lower))
+    lower, upper = np.maximum(lower - rounding, 0.0), upper + rounding
+    estimate = np.clip(estimate, lower, upper)
+
     return SpectrumProfile(
         index=idx,
         estimate=estimate,

@@ -25,7 +25,13 @@ tile whose scaled sums fall below ``C tiny / eps`` (where lost terms could matte
 exactly as a log-sum-exp, so log-probabilities far below ``log(tiny)`` stay exact; only truly
 disjoint supports (``-inf`` log-probabilities) are clamped and reported.
 
-Rounding. The categorical coefficient is at most 1 (Cauchy-Schwarz); rounding can push it a few
+Rounding. Each row is normalised first (it may deviate from 1 by ``sqrt(eps)``), so ``D`` is the
+distance of the normalised distributions. For near pairs (``BC > 1/2``, e.g. neighbouring
+checkpoints) :math:`\log BC = \log(1 - H^2)` is computed from the squared Hellinger distance
+:math:`H^2 = \frac12\sum_c (\sqrt{p_u} - \sqrt{p_v})^2` of *differences*: ``1 - BC`` from the
+matrix product would carry an absolute error ~``eps`` (all of a float32 distance of 1e-8). The
+relative error is then ~``eps / |sqrt(p_u) - sqrt(p_v)|``; identical models are at distance 0.
+The categorical coefficient is at most 1 (Cauchy-Schwarz); rounding can push it a few
 ulps above, which would give a distance of about ``-eps``: distances are clipped at 0. With
 ``b=None`` the matrix is exactly symmetric (only the tiles ``i <= j`` are computed, the lower
 triangle is their transpose) with an exactly zero diagonal.
@@ -159,7 +165,12 @@ def _check_kind(kind: str, sigma: Any, log: bool) -> float | None:
             "kind='gaussian' needs the shared noise scale: pass sigma=... (> 0), e.g. the "
             "residual standard deviation of the outputs."
         )
-    s = float(sigma)
+    try:
+        s = float(sigma)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"sigma must be one number (the shared isotropic standard deviation), got {sigma!r}."
+        ) from None
     if not (math.isfinite(s) and s > 0):
         raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}.")
     return s
@@ -169,6 +180,10 @@ def _tile_side(chunk_size: Any, n: int, c: int, m_max: int) -> int:
     if chunk_size is None:
         pairs = max(1, _TILE_NUMBERS // (n * c))
     else:
+        if isinstance(chunk_size, (bool, np.bool_)) or not isinstance(
+            chunk_size, (int, np.integer)
+        ):
+            raise TypeError(f"chunk_size (pairs per tile) must be an integer, got {chunk_size!r}.")
         pairs = int(chunk_size)
         if pairs < 1:
             raise ValueError(f"chunk_size (pairs per tile) must be >= 1, got {chunk_size}.")
@@ -185,8 +200,12 @@ def _features(x: jax.Array, kind: str, log: bool, sigma: float | None) -> tuple:
     if kind == "gaussian":
         n = x.shape[1]
         return (x.reshape(x.shape[0], -1) / jnp.sqrt(jnp.asarray(8.0 * sigma**2 * n, x.dtype)),)
+    # each row normalised exactly (it sums to 1 within sqrt(eps), checked): the identity
+    # 1 - BC = H^2 below then holds to rounding
     if not log:
-        return (jnp.sqrt(x),)
+        r = jnp.sqrt(x)
+        return (r / jnp.sqrt(jnp.sum(x, axis=-1, keepdims=True)),)
+    x = x - jax.nn.logsumexp(x, axis=-1, keepdims=True)
     top = jnp.max(x, axis=-1)  # finite: each row sums to 1
     return (jnp.exp(0.5 * (x - top[..., None])), top, x)
 
@@ -231,6 +250,14 @@ def _tile(kind: str, log: bool, fa: tuple, fb: tuple):
         logbc = jax.lax.cond(jnp.any(bc < thresh), exact, fast, None)
         under = jnp.isneginf(logbc)
         logbc = jnp.where(under, jnp.log(fi.tiny), logbc)
+    # Near pairs (BC > 1/2, all of a trajectory's neighbours): log BC = log1p(-H^2) with the
+    # squared Hellinger distance H^2 = 1/2 sum_c (sqrt p_u - sqrt p_v)^2 from differences, not
+    # 1 - BC, which cancels: BC's rounding (~eps) would swamp distances below ~eps / rtol.
+    ra = fa[0] if not log else fa[0] * jnp.exp(0.5 * fa[1])[..., None]
+    rb = fb[0] if not log else fb[0] * jnp.exp(0.5 * fb[1])[..., None]
+    diff = ra[:, None] - rb[None, :]
+    h2 = 0.5 * jnp.sum(diff * diff, axis=-1)
+    logbc = jnp.where(h2 < 0.5, jnp.log1p(-jnp.minimum(h2, 0.5)), logbc)
     d = jnp.maximum(-jnp.mean(logbc, axis=-1), 0.0)  # BC <= 1 up to rounding
     return d, jnp.sum(under, axis=-1).astype(d.dtype)
 
@@ -340,12 +367,13 @@ def bhattacharyya_distances(
         ``(m, m)`` (exactly symmetric, zero diagonal) or ``(m, m')``, ``>= 0``, in the input's
         dtype (at least float32).
 
-    Cost: ``m^2 N C / 2`` multiply-adds and ``m^2 N / 2`` logarithms (``m m' N C`` and
-    ``m m' N`` with ``b``); with ``log=True`` a tile that needs the exact log-sum-exp adds
-    ``r^2 N C`` exponentials. One compile per shape and tile size; memory the output (plus one
-    transient copy while the triangle is mirrored) and one tile. Coefficients that underflow
-    are clamped at ``finfo.tiny`` and reported by an :class:`UnderflowWarning` (never a silent
-    ``inf``).
+    Cost: ``m^2 N C / 2`` multiply-adds for the coefficients, as many squared differences
+    for the near pairs' Hellinger distances (module notes), and ``m^2 N / 2`` logarithms
+    (``m m' N C`` and ``m m' N`` with ``b``); with ``log=True`` a tile that needs the exact
+    log-sum-exp adds ``r^2 N C`` exponentials. One compile per shape and tile size; memory
+    the output (plus one transient copy while the triangle is mirrored) and one tile.
+    Coefficients that underflow are clamped at ``finfo.tiny`` and reported by an
+    :class:`UnderflowWarning` (never a silent ``inf``).
 
     References
     ----------
@@ -403,8 +431,8 @@ class DistanceOperator(AbstractOperator):
     product recomputes the distances tile by tile and never stores ``D``.
 
     Build it with :meth:`from_predictions`. A product (``mv`` or a block ``matmat`` of ``k``
-    columns) costs one pass over the ``m (m - 1) / 2`` pairs, ``m^2 N C / 2`` multiply-adds and
-    ``m^2 N / 2`` logarithms (the cost of computing ``D`` once with
+    columns) costs one pass over the ``m (m - 1) / 2`` pairs, ``m^2 N C / 2`` multiply-adds (and
+    as many squared differences) and ``m^2 N / 2`` logarithms (the cost of computing ``D`` once with
     :func:`bhattacharyya_distances`), plus ``2 m^2 k``; memory ``O(m N C + chunk_size N C +
     m k)``. A Lanczos solve of ``p`` products therefore costs ``p`` distance matrices: use it
     only when the ``m^2`` numbers of ``D`` do not fit (``m`` beyond ~50,000 in 20 GB of

@@ -186,8 +186,10 @@ def trajectory_vs_jacobian(
     for the rank-``j`` truncation :math:`W_j`): 1 when the projected trajectory reproduces the
     ribbon exactly, 0 when it explains nothing, negative when it distorts more than it
     explains. It is compared with random subspaces of the same dimension
-    (``num_random_stress`` samples). Frozen (non-trainable) leaves keep ``params0``'s values
-    in the projected checkpoints (``J.unravel``).
+    (``num_random_stress`` samples). Only J's variables are projected: leaves that are not
+    (``trainable`` False; the run still updates them unless the optimizer freezes them) take
+    each checkpoint's recorded values in both :math:`D` and :math:`D^B`, so :math:`W` is the
+    recorded trajectory's ribbon.
 
     Cost: the triplets of J and of :math:`J - I` (``num_products``; none with
     ``backend="dense"`` and ``dense`` the materialised J), ``O(m P k)`` flops, and for the
@@ -307,12 +309,13 @@ def trajectory_vs_jacobian(
     num_chaotic = int(np.sum(s_top > hi))
     if apply_fn is not None:
         stress, rand_stress = {}, {}
-        W = _centred_w(_distances(apply_fn, J, Theta, inputs, kind, sigma, chunk_size))
+        fz = _frozen(trajectory)
+        W = _centred_w(_distances(apply_fn, J, Theta, fz, inputs, kind, sigma, chunk_size))
         w_norm = np.linalg.norm(W)
 
         def chi(B):
             proj = Theta[0] + (Theta - Theta[0]) @ B @ B.T
-            Wb = _centred_w(_distances(apply_fn, J, proj, inputs, kind, sigma, chunk_size))
+            Wb = _centred_w(_distances(apply_fn, J, proj, fz, inputs, kind, sigma, chunk_size))
             return float(1.0 - np.linalg.norm(W - Wb) / w_norm) if w_norm > 0 else float("nan")
 
         chaotic = bases["top"][:, s_top > hi]
@@ -348,22 +351,38 @@ def trajectory_vs_jacobian(
     )
 
 
-@eqx.filter_jit
-def _predictions(apply_fn, unravel, thetas, inputs, kind, chunk):
-    """Predictions of every flat checkpoint (log-softmax for categorical), chunked."""
+def _frozen(trajectory: Trajectory) -> Any:
+    """The checkpoints' array leaves that are not variables of J (``trainable`` False), stacked
+    with their checkpoint axis, at those leaves' places (``None`` elsewhere); ``None`` if J
+    has every array leaf. The run updates them (a mask does not change it), so the recorded
+    ribbon needs each checkpoint's own values, not ``params0``'s that ``J.unravel`` fills in."""
+    if trajectory.mask_flat is None:
+        return None
+    treedef, flags = trajectory.mask_flat
+    mask = jax.tree_util.tree_unflatten(treedef, flags)
+    rest = eqx.filter(eqx.filter(trajectory.params, mask, inverse=True), eqx.is_array)
+    return rest if jax.tree_util.tree_leaves(rest) else None
 
-    def one(theta):
-        out = apply_fn(unravel(theta), inputs)
+
+@eqx.filter_jit
+def _predictions(apply_fn, unravel, thetas, frozen, inputs, kind, chunk):
+    """Predictions of every flat checkpoint (log-softmax for categorical), chunked; with
+    ``frozen``, checkpoint ``i``'s non-variable leaves are ``frozen``'s row ``i``."""
+
+    def one(a):
+        theta, fz = a
+        params = unravel(theta) if fz is None else eqx.combine(fz, unravel(theta))
+        out = apply_fn(params, inputs)
         return jax.nn.log_softmax(out, axis=-1) if kind == "categorical" else out
 
-    return jax.lax.map(one, thetas, batch_size=chunk)
+    return jax.lax.map(one, (thetas, frozen), batch_size=chunk)
 
 
-def _distances(apply_fn, J, Theta, inputs, kind, sigma, chunk_size) -> np.ndarray:
+def _distances(apply_fn, J, Theta, frozen, inputs, kind, sigma, chunk_size) -> np.ndarray:
     """Bhattacharyya distances between the predictions of the flat checkpoints ``Theta``."""
     thetas = jnp.asarray(Theta, J.params0_flat.dtype)
     chunk = min(int(chunk_size), thetas.shape[0])
-    preds = _predictions(apply_fn, J.unravel, thetas, inputs, kind, chunk)
+    preds = _predictions(apply_fn, J.unravel, thetas, frozen, inputs, kind, chunk)
     if kind == "categorical":
         D = bhattacharyya_distances(preds, kind="categorical", log=True)
     else:
