@@ -37,7 +37,7 @@ FULL = dict(
     k=10,
     distances=[(1000, "float64"), (3000, "float64"), (10000, "float64"), (10000, "float32")],
     inpca=[1000, 3000, 10000],
-    streamed=[1000, 3000],
+    streamed=[1000],
     timeout=3600,
 )
 QUICK = dict(
