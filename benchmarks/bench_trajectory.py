@@ -35,9 +35,17 @@ FULL = dict(
     n=360,
     c=10,
     k=10,
-    distances=[(1000, "float64"), (3000, "float64"), (10000, "float64"), (10000, "float32")],
-    inpca=[1000, 3000, 10000],
-    streamed=[1000],
+    # (m, dtype[, N]): the pairs grow as m^2 and each costs N C, so m = 10^4 runs on a tenth of
+    # the inputs (N = 36; full N would take ~15 min per call on 2 cores -- the rate per pair-input
+    # is what scales); InPCA's cost depends on m only, its D is made from N = 36 inputs there
+    distances=[
+        (1000, "float64"),
+        (3000, "float64"),
+        (10000, "float64", 36),
+        (10000, "float32", 36),
+    ],
+    inpca=[1000, 3000, (10000, 36)],
+    streamed=[(1000, 36)],
     timeout=3600,
 )
 QUICK = dict(
@@ -192,22 +200,23 @@ def run(quick: bool = False, out_dir=None) -> dict:
         "streamed": [],
     }
     mod = "benchmarks.bench_trajectory"
-    for m, dtype in cfg["distances"]:
-        payload["distances"].append(
-            C.run_isolated(
-                f"{mod}:case_distances", dict(m=m, n=n, c=c, dtype=dtype), timeout=timeout
-            )
-        )
+    for m, dtype, *n_case in cfg["distances"]:
+        kw = dict(m=m, n=n_case[0] if n_case else n, c=c, dtype=dtype)
+        payload["distances"].append(C.run_isolated(f"{mod}:case_distances", kw, timeout=timeout))
         C.write_json("trajectory" + tag, {**payload, "partial": True}, out_dir)
-    for m in cfg["inpca"]:
-        payload["inpca"].append(
-            C.run_isolated(f"{mod}:case_inpca", dict(m=m, n=n, c=c, k=k), timeout=timeout)
-        )
+
+    def m_n(case):  # m, or (m, N) with its own number of inputs
+        return case if isinstance(case, (tuple, list)) else (case, n)
+
+    for case in cfg["inpca"]:
+        m, n_case = m_n(case)
+        kw = dict(m=m, n=n_case, c=c, k=k)
+        payload["inpca"].append(C.run_isolated(f"{mod}:case_inpca", kw, timeout=timeout))
         C.write_json("trajectory" + tag, {**payload, "partial": True}, out_dir)
-    for m in cfg["streamed"]:
-        payload["streamed"].append(
-            C.run_isolated(f"{mod}:case_streamed", dict(m=m, n=n, c=c, k=k), timeout=timeout)
-        )
+    for case in cfg["streamed"]:
+        m, n_case = m_n(case)
+        kw = dict(m=m, n=n_case, c=c, k=k)
+        payload["streamed"].append(C.run_isolated(f"{mod}:case_streamed", kw, timeout=timeout))
         C.write_json("trajectory" + tag, {**payload, "partial": True}, out_dir)
     payload["machine"] = C.finish_info(info)
     C.write_json("trajectory" + tag, payload, out_dir)
@@ -227,7 +236,8 @@ def table(payload: dict) -> str:
     cmd = "python -m benchmarks.bench_trajectory" + (" --quick" if payload["quick"] else "")
     cfg = payload["config"]
     lines = [
-        f"### Trajectory geometry: N = {cfg['n']} inputs, C = {cfg['c']} classes, top-{cfg['k']}\n",
+        f"### Trajectory geometry: N = {cfg['n']} inputs (unless a row says), "
+        f"C = {cfg['c']} classes, top-{cfg['k']}\n",
         C.header_lines(payload["machine"], cmd),
         "",
         "Distances: all m(m-1)/2 pairs; cold includes compilation, warm is a second call. "
@@ -239,6 +249,7 @@ def table(payload: dict) -> str:
             rows.append(
                 {
                     "m": r.get("m"),
+                    "N": r.get("N"),
                     "dtype": r.get("dtype"),
                     "route": route,
                     "cold": _get(r, route, "cold_s"),
@@ -253,6 +264,7 @@ def table(payload: dict) -> str:
             rows,
             [
                 ("m", "m", "d"),
+                ("N", "N", "d"),
                 ("dtype", "dtype", "{}".format),
                 ("route", "route", "{}".format),
                 ("cold", "cold", C.fmt_s),
@@ -269,6 +281,7 @@ def table(payload: dict) -> str:
         rows.append(
             {
                 "m": r.get("m"),
+                "N": r.get("N"),
                 "dense": _get(r, "dense", "time_s"),
                 "dense_rss": _get(r, "dense", "rss_peak_above_start_bytes"),
                 "cold": _get(r, "lanczos", "cold_s"),
@@ -286,6 +299,7 @@ def table(payload: dict) -> str:
             rows,
             [
                 ("m", "m", "d"),
+                ("N", "N of D", "d"),
                 ("dense", "dense", C.fmt_s),
                 ("dense_rss", "dense RSS", C.fmt_bytes),
                 ("cold", "Lanczos cold", C.fmt_s),
@@ -308,6 +322,7 @@ def table(payload: dict) -> str:
         rows.append(
             {
                 "m": r.get("m"),
+                "N": r.get("N"),
                 "time": _get(r, "streamed", "time_s"),
                 "warm": _get(r, "streamed", "warm_s"),
                 "rss": _get(r, "streamed", "rss_peak_above_start_bytes"),
@@ -322,6 +337,7 @@ def table(payload: dict) -> str:
             rows,
             [
                 ("m", "m", "d"),
+                ("N", "N", "d"),
                 ("time", "cold", C.fmt_s),
                 ("warm", "warm", C.fmt_s),
                 ("rss", "peak RSS", C.fmt_bytes),
