@@ -364,3 +364,45 @@ def test_progress_bar_lines_and_quiet(monkeypatch):
     p.update("x", 1, 2)
     p("a line")
     assert quiet.getvalue() == ""
+
+
+def _strip_times(x):
+    """A study's results without wall times and the machine record (the rest must match)."""
+    if isinstance(x, dict):
+        return {
+            k: _strip_times(v)
+            for k, v in x.items()
+            if k not in ("environment",) and "seconds" not in k
+        }
+    if isinstance(x, list):
+        return [_strip_times(v) for v in x]
+    return x
+
+
+def test_study_resumes_after_its_last_finished_experiment(x64, tmp_path):
+    """A study killed after its fourth experiment (the later results' files removed, as if the
+    process had died there) continues from the saved ones: the same results as the finished
+    run, the first four experiments not run again; another study's folder is refused."""
+    from matfree_tj.app._report import _json_default
+    from matfree_tj.app.study import StudyConfig, run_study
+
+    cfg = StudyConfig(quick=True, backend="matrix-free", num_seeds=2, dtype="float64")
+    key = jax.random.key(3)
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    full = run_study(cfg, key=key, resume_dir=str(full_dir))
+    shutil.copytree(full_dir, cut_dir)
+    saved = sorted(f for f in os.listdir(cut_dir) if "experiment-" in f)
+    assert len(saved) == 9  # 6 experiments, 2 data-vs-labels spectra, the seeds
+    for f in saved[4:]:  # died during the fifth (restricted training)
+        os.remove(cut_dir / f)
+    lines = []
+    resumed = run_study(cfg, key=key, resume_dir=str(cut_dir), progress=lines.append)
+    text = "\n".join(lines)
+    assert "1/8 spectrum" not in text and "4/8 in/out" not in text
+    assert "5/8 restricted" in text and "8/8 bulk overlap" in text
+    a = json.loads(json.dumps(_strip_times(full), default=_json_default))
+    b = json.loads(json.dumps(_strip_times(resumed), default=_json_default))
+    assert a == b
+    other = StudyConfig(quick=True, backend="matrix-free", num_seeds=3, dtype="float64")
+    with pytest.raises(ResumeError, match="another run"):
+        run_study(other, key=key, resume_dir=str(full_dir))

@@ -10,8 +10,9 @@ PNG figures and ``summary.md``. ``--quick`` uses a tiny model and few probes (se
 ``trajectory`` records one run's checkpoints every ``--every`` steps and writes the InPCA
 embedding of their predictions (the hyper-ribbon: eigenvalues, explained stress, widths and
 their decay) as ``trajectory.json`` and PNGs into ``--out``.
-``spectrum --resume DIR`` saves progress after every restart cycle and SLQ probe and continues a
-killed run (README, "Long runs: resume and progress"); Ctrl-C stops with one line, exit 130.
+``spectrum --resume DIR`` saves progress after every restart cycle and SLQ probe (``study
+--resume DIR`` after every finished experiment) and continues a killed run (README, "Long
+runs: resume and progress"); Ctrl-C stops with one line, exit 130.
 """
 
 from __future__ import annotations
@@ -233,6 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="matrix-free (default), dense, or both (adds a dense vs matrix-free agreement column)",
     )
     st.add_argument(
+        "--resume",
+        default=None,
+        metavar="DIR",
+        help="save every finished experiment (and, matrix-free, every restart cycle of the "
+        "triplet solvers) in DIR; the same command with the same DIR continues a killed or "
+        "interrupted study with the same numbers; another study's DIR is an error",
+    )
+    st.add_argument(
+        "--restart",
+        action="store_true",
+        help="with --resume: delete the state saved in DIR and start over",
+    )
+    st.add_argument(
         "--num-vectors",
         type=_positive_int,
         default=None,
@@ -337,7 +351,7 @@ def _setup(args, parser) -> None:
     if args.command == "study" and args.num_seeds < 2:
         parser.error(f"--num-seeds must be >= 2, got {args.num_seeds}")
     _check_problem_options(args, parser)
-    if getattr(args, "resume", None) is not None and args.backend == "dense":
+    if args.command == "spectrum" and args.resume is not None and args.backend == "dense":
         parser.error("--resume applies to --backend matrix-free (dense is a single SVD)")
     if getattr(args, "restart", False) and getattr(args, "resume", None) is None:
         parser.error("--restart needs --resume DIR (the folder to start over in)")
@@ -795,7 +809,12 @@ def _study(args, parser) -> int:
         path = os.path.join(args.out, name)
         if os.path.exists(path):
             os.remove(path)
-    results = run_study(cfg, key=jax.random.key(args.seed), progress=progress)
+    store = None
+    if args.resume is not None:
+        from ..linalg import RunStore
+
+        store = RunStore(args.resume, restart=args.restart)
+    results = run_study(cfg, key=jax.random.key(args.seed), progress=progress, resume_dir=store)
     paths = write_report(results, args.out)
     for row in results["claims"]:
         vals = "; ".join(f"{b}: {row[b]}" for b in ("dense", "matrix-free") if b in row)

@@ -9,10 +9,13 @@ Used by ``matfree-tj study`` and ``examples/reproduce_paper.py``.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import os
 import platform
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +25,7 @@ from .. import analysis as an
 from ..core import training_jacobian
 from ..linalg import dense_svd
 from ._claims import claims
-from ._report import write_report
+from ._report import _json_default, write_report
 
 __all__ = ["StudyConfig", "run_study", "write_report", "claims", "environment", "build_model"]
 
@@ -126,8 +129,9 @@ def _linspace_ints(lo: int, hi: int, n: int) -> list[int]:
 # ------------------------------------------------------------------------------------------
 
 
-def _backend_context(J, cfg: StudyConfig, backend: str, key, log, runs) -> dict:
-    """Triplets one backend provides to the experiments."""
+def _backend_context(J, cfg: StudyConfig, backend: str, key, log, runs, store=None) -> dict:
+    """Triplets one backend provides to the experiments (matrix-free with a ``store``: each
+    solver saves its restart cycles and result there, and a resumed study continues them)."""
     ctx: dict = {"backend": backend}
     if backend == "dense":
         Jd = runs.dense(J)
@@ -147,131 +151,176 @@ def _backend_context(J, cfg: StudyConfig, backend: str, key, log, runs) -> dict:
         k1, k2, k3 = jax.random.split(key, 3)
         log(f"matrix-free: top {cfg.num_vectors} singular triplets of J")
         opts = cfg.solver_opts()
-        ctx["top"] = an.singular_triplets(J, cfg.num_vectors, key=k1, which="top", **opts)
+
+        def kept(name):  # the solver's own resume: after every restart cycle
+            return {} if store is None else {"checkpoint": store.sub(name)}
+
+        ctx["top"] = an.singular_triplets(
+            J, cfg.num_vectors, key=k1, which="top", **opts, **kept("top")
+        )
         log(f"matrix-free: bottom {cfg.num_vectors} singular triplets of J")
-        ctx["bottom"] = an.singular_triplets(J, cfg.num_vectors, key=k2, which="bottom", **opts)
+        ctx["bottom"] = an.singular_triplets(
+            J, cfg.num_vectors, key=k2, which="bottom", **opts, **kept("bottom")
+        )
         log(f"matrix-free: top {cfg.num_moved} singular triplets of J - I (moved directions)")
-        ctx["moved"] = an.moved_directions(J, cfg.num_moved, key=k3, **opts)
+        ctx["moved"] = an.moved_directions(J, cfg.num_moved, key=k3, **opts, **kept("moved"))
     return ctx
 
 
-def _experiments(model, J, cfg: StudyConfig, backend: str, key, log, runs) -> dict:
+def _saved(store, name: str, fn: Callable[[], Any]) -> Any:
+    """``fn()``, saved once it has finished when ``store`` (a :class:`~matfree_tj.linalg.RunStore`
+    view) is given, and loaded instead of recomputed when an earlier run of the same study saved
+    it: a killed study repeats at most the experiment it was in. Results are JSON (the form the
+    report writes), the same whether computed now or loaded."""
+    if store is None:
+        return fn()
+    stage = store.stage("experiment", name=name)
+    saved = stage.load("result")
+    if saved is not None:
+        return json.loads(bytes(np.asarray(saved["json"], np.uint8)).decode())
+    text = json.dumps(fn(), default=_json_default)
+    stage.save("result", {"json": np.frombuffer(text.encode(), np.uint8)})
+    return json.loads(text)
+
+
+def _experiments(model, J, cfg: StudyConfig, backend: str, key, log, runs, store=None) -> dict:
     P = J.shape[0]
-    keys = iter(jax.random.split(key, 16))
-    ctx = _backend_context(J, cfg, backend, next(keys), log, runs)
+    # the keys in the order the experiments use them, drawn whether an experiment runs or is
+    # loaded from a resumed run (so a resumed study uses the same randomness)
+    keys = jax.random.split(key, 16)
+    ctx = _backend_context(J, cfg, backend, keys[0], log, runs, store)
     res: dict = {}
-    products = {"triplets": sum(int(ctx[n].num_products) for n in ("top", "bottom", "moved"))}
     # the accuracy of every set of triplets the experiments stand on (flags, residuals, status)
     res["triplets"] = {n: ctx[n].accuracy() for n in ("top", "bottom", "moved")}
 
-    # 1. spectrum
-    log("1/8 spectrum and region counts")
-    summ = an.spectrum_summary(
-        J,
-        key=next(keys),
-        backend=backend,
-        lo=cfg.lo,
-        hi=cfg.hi,
-        num_top=min(cfg.num_top, P),
-        num_probes=cfg.num_probes,
-        num_steps=cfg.num_steps,
-        svd=ctx.get("svd"),
-    )
-    res["spectrum"] = summ.to_dict(include_all_values=True)
-    res["spectrum"]["bottom_singular_values"] = ctx["bottom"].s[: cfg.num_top].tolist()
-    products["spectrum"] = summ.num_products
+    def spectrum():
+        log("1/8 spectrum and region counts")
+        summ = an.spectrum_summary(
+            J,
+            key=keys[1],
+            backend=backend,
+            lo=cfg.lo,
+            hi=cfg.hi,
+            num_top=min(cfg.num_top, P),
+            num_probes=cfg.num_probes,
+            num_steps=cfg.num_steps,
+            svd=ctx.get("svd"),
+        )
+        out = summ.to_dict(include_all_values=True)
+        out["bottom_singular_values"] = ctx["bottom"].s[: cfg.num_top].tolist()
+        return out
 
-    # 2. alignment
-    log("2/8 alignment of left and right singular vectors")
-    al = {
-        "top_cos": an.alignment(ctx["top"]).tolist(),
-        "top_s": ctx["top"].s.tolist(),
-        "bottom_cos": an.alignment(ctx["bottom"]).tolist(),
-        "bottom_s": ctx["bottom"].s.tolist(),
-        "bulk_probe": an.bulk_alignment_probe(
-            J, ctx["moved"], key=next(keys), num_probes=8 if not cfg.quick else 4
-        ).to_dict(),
-    }
-    if backend == "dense":
-        cos_all = an.alignment(ctx["all"])
-        al["all_cos"] = cos_all.tolist()
-        al["summary"] = an.alignment_summary(ctx["all"].s, cos_all).to_dict()
-    res["alignment"] = al
-
-    # 3. perturbation
-    log("3/8 perturbation along a chaotic and a bulk direction")
-    eps = np.logspace(-3, 3, cfg.num_eps)
-    bulk_dir = an.random_bulk_basis(ctx["moved"], 1, key=next(keys), num_params=P)[:, 0]
-    t = ctx["top"]
-    res["perturbation"] = {
-        "chaotic": an.perturbation_response(
-            J, t.V[:, 0], u=t.U[:, 0], sigma=float(t.s[0]), eps=eps, test_loss=model.test_loss
-        ).to_dict(),
-        "bulk": an.perturbation_response(J, bulk_dir, eps=eps, test_loss=model.test_loss).to_dict(),
+    res["spectrum"] = _saved(store, "spectrum", spectrum)
+    products = {
+        "triplets": sum(int(ctx[n].num_products) for n in ("top", "bottom", "moved")),
+        "spectrum": res["spectrum"]["num_products"],
     }
 
-    # 4. in/out of distribution
-    log("4/8 in/out-of-distribution effect of unit final-parameter perturbations")
-    inputs = an.ood_inputs(model.X_train, model.X_test, key=next(keys))
-    n_dir = min(cfg.num_top, cfg.num_vectors)
-    groups = {
-        "top": ctx["top"].V[:, :n_dir],
-        "bulk": an.random_bulk_basis(ctx["moved"], n_dir, key=next(keys), num_params=P),
-        "bottom": ctx["bottom"].V[:, :n_dir],
-    }
-    ood: dict = {}
-    for g, D in groups.items():
-        kl = an.output_sensitivity(model.apply, J, D, inputs)
-        ood[g] = {**kl.to_dict(), "mean": kl.mean()}
-    if backend == "dense":
-        idx = np.unique(np.linspace(0, P - 1, 24 if not cfg.quick else 8).astype(int))
-        kl = an.output_sensitivity(model.apply, J, ctx["all"].V[:, idx], inputs)
-        ood["sweep"] = {
-            "index": idx.tolist(),
-            "sigma": ctx["all"].s[idx].tolist(),
-            **kl.to_dict(),
+    def alignment():
+        log("2/8 alignment of left and right singular vectors")
+        al = {
+            "top_cos": an.alignment(ctx["top"]).tolist(),
+            "top_s": ctx["top"].s.tolist(),
+            "bottom_cos": an.alignment(ctx["bottom"]).tolist(),
+            "bottom_s": ctx["bottom"].s.tolist(),
+            "bulk_probe": an.bulk_alignment_probe(
+                J, ctx["moved"], key=keys[2], num_probes=8 if not cfg.quick else 4
+            ).to_dict(),
         }
-    res["ood"] = ood
+        if backend == "dense":
+            cos_all = an.alignment(ctx["all"])
+            al["all_cos"] = cos_all.tolist()
+            al["summary"] = an.alignment_summary(ctx["all"].s, cos_all).to_dict()
+        return al
 
-    # 5. restricted training
-    log("5/8 restricted training")
-    if backend == "dense":
-        s, V = ctx["all"].s, ctx["all"].V
-        dist = np.argsort(np.abs(s - 1.0), kind="stable")
-        bases = {
-            "bulk": V[:, dist],
-            "complement": V[:, dist[::-1]],
-            "chaotic": V,
-            "stable": V[:, ::-1],
-        }
-        ks = _linspace_ints(max(1, P // 48), P, 3 if cfg.quick else 20)
-        # also the matrix-free sizes, so the two backends can be compared at k = num_vectors
-        ks = sorted(set(ks) | set(_linspace_ints(max(1, cfg.num_vectors // 4), cfg.num_vectors, 4)))
-    else:
-        kmax = cfg.num_vectors
-        bases = {
-            "bulk": an.random_bulk_basis(ctx["moved"], kmax, key=next(keys), num_params=P),
-            "complement": ctx["moved"].V[:, :kmax],
-            "chaotic": ctx["top"].V,
-            "stable": ctx["bottom"].V,
-        }
-        ks = _linspace_ints(max(1, kmax // 4), kmax, 4)
-    rt = an.restricted_training(
-        J, bases, ks, eval_fn=model.test_loss, progress=log if not cfg.quick else None
-    )
-    # the claim compares the bases at k = num_vectors, a size both backends run
-    res["restricted"] = {
-        **rt.to_dict(),
-        "k_compare": cfg.num_vectors,
-        "progress_at_k": rt.progress_at(cfg.num_vectors),
-    }
+    res["alignment"] = _saved(store, "alignment", alignment)
 
-    # 7. bulk vs nullspace of the function Jacobian on test data
-    log("7/8 bulk vs near-nullspace of the parameter-to-function Jacobian")
-    F = an.function_jacobian(model.apply, J, model.X_test[: cfg.num_test_function])
-    sF, R = an.function_rowspace(F)
-    ks7 = _linspace_ints(1, cfg.num_moved, 3 if cfg.quick else 8)
-    res["nullspace"] = an.bulk_nullspace_overlap(ctx["moved"], R, ks7).to_dict()
+    def perturbation():
+        log("3/8 perturbation along a chaotic and a bulk direction")
+        eps = np.logspace(-3, 3, cfg.num_eps)
+        bulk_dir = an.random_bulk_basis(ctx["moved"], 1, key=keys[3], num_params=P)[:, 0]
+        t = ctx["top"]
+        return {
+            "chaotic": an.perturbation_response(
+                J, t.V[:, 0], u=t.U[:, 0], sigma=float(t.s[0]), eps=eps, test_loss=model.test_loss
+            ).to_dict(),
+            "bulk": an.perturbation_response(
+                J, bulk_dir, eps=eps, test_loss=model.test_loss
+            ).to_dict(),
+        }
+
+    res["perturbation"] = _saved(store, "perturbation", perturbation)
+
+    def ood():
+        log("4/8 in/out-of-distribution effect of unit final-parameter perturbations")
+        inputs = an.ood_inputs(model.X_train, model.X_test, key=keys[4])
+        n_dir = min(cfg.num_top, cfg.num_vectors)
+        groups = {
+            "top": ctx["top"].V[:, :n_dir],
+            "bulk": an.random_bulk_basis(ctx["moved"], n_dir, key=keys[5], num_params=P),
+            "bottom": ctx["bottom"].V[:, :n_dir],
+        }
+        out: dict = {}
+        for g, D in groups.items():
+            kl = an.output_sensitivity(model.apply, J, D, inputs)
+            out[g] = {**kl.to_dict(), "mean": kl.mean()}
+        if backend == "dense":
+            idx = np.unique(np.linspace(0, P - 1, 24 if not cfg.quick else 8).astype(int))
+            kl = an.output_sensitivity(model.apply, J, ctx["all"].V[:, idx], inputs)
+            out["sweep"] = {
+                "index": idx.tolist(),
+                "sigma": ctx["all"].s[idx].tolist(),
+                **kl.to_dict(),
+            }
+        return out
+
+    res["ood"] = _saved(store, "ood", ood)
+
+    def restricted():
+        log("5/8 restricted training")
+        if backend == "dense":
+            s, V = ctx["all"].s, ctx["all"].V
+            dist = np.argsort(np.abs(s - 1.0), kind="stable")
+            bases = {
+                "bulk": V[:, dist],
+                "complement": V[:, dist[::-1]],
+                "chaotic": V,
+                "stable": V[:, ::-1],
+            }
+            ks = _linspace_ints(max(1, P // 48), P, 3 if cfg.quick else 20)
+            # also the matrix-free sizes, so the two backends can be compared at k = num_vectors
+            ks = sorted(
+                set(ks) | set(_linspace_ints(max(1, cfg.num_vectors // 4), cfg.num_vectors, 4))
+            )
+        else:
+            kmax = cfg.num_vectors
+            bases = {
+                "bulk": an.random_bulk_basis(ctx["moved"], kmax, key=keys[6], num_params=P),
+                "complement": ctx["moved"].V[:, :kmax],
+                "chaotic": ctx["top"].V,
+                "stable": ctx["bottom"].V,
+            }
+            ks = _linspace_ints(max(1, kmax // 4), kmax, 4)
+        rt = an.restricted_training(
+            J, bases, ks, eval_fn=model.test_loss, progress=log if not cfg.quick else None
+        )
+        # the claim compares the bases at k = num_vectors, a size both backends run
+        return {
+            **rt.to_dict(),
+            "k_compare": cfg.num_vectors,
+            "progress_at_k": rt.progress_at(cfg.num_vectors),
+        }
+
+    res["restricted"] = _saved(store, "restricted", restricted)
+
+    def nullspace():
+        log("7/8 bulk vs near-nullspace of the parameter-to-function Jacobian")
+        F = an.function_jacobian(model.apply, J, model.X_test[: cfg.num_test_function])
+        sF, R = an.function_rowspace(F)
+        ks7 = _linspace_ints(1, cfg.num_moved, 3 if cfg.quick else 8)
+        return an.bulk_nullspace_overlap(ctx["moved"], R, ks7).to_dict()
+
+    res["nullspace"] = _saved(store, "nullspace", nullspace)
     res["products"] = products
     return res, ctx
 
@@ -298,7 +347,7 @@ class _Runs:
         return self._dense[id(J)]
 
 
-def _seed_experiment(cfg, backend, key, log, ctx0, runs: _Runs) -> dict:
+def _seed_experiment(cfg, backend, key, log, ctx0, runs: _Runs, store=None) -> dict:
     log("8/8 bulk overlap across seeds")
     moved = [ctx0["moved"]]
     for i in range(1, cfg.num_seeds):
@@ -312,6 +361,11 @@ def _seed_experiment(cfg, backend, key, log, ctx0, runs: _Runs) -> dict:
                 backend=backend,
                 dense=dense,
                 **(cfg.solver_opts() if backend == "matrix-free" else {}),
+                **(
+                    {"checkpoint": store.sub(f"seed-{i}")}
+                    if store is not None and backend == "matrix-free"
+                    else {}
+                ),
             )
         )
     out = an.seed_overlap(moved).to_dict()
@@ -320,30 +374,38 @@ def _seed_experiment(cfg, backend, key, log, ctx0, runs: _Runs) -> dict:
     return out
 
 
-def _data_labels(cfg, backend, key, log, summary0, runs: _Runs) -> dict:
+def _data_labels(cfg, backend, key, log, summary0, runs: _Runs, store=None) -> dict:
     log("6/8 data versus labels (shuffled labels, white-noise inputs)")
     out = {"original": summary0}
     for i, (name, kw) in enumerate(
         (("shuffled_labels", dict(labels="shuffled")), ("noise_inputs", dict(inputs="noise")))
     ):
-        _, J = runs.get(**kw)
-        svd = dense_svd(runs.dense(J)) if backend == "dense" else None
-        out[name] = an.spectrum_summary(
-            J,
-            key=jax.random.fold_in(key, 200 + i),
-            backend=backend,
-            lo=cfg.lo,
-            hi=cfg.hi,
-            num_top=min(cfg.num_top, J.shape[0]),
-            num_probes=cfg.num_probes,
-            num_steps=cfg.num_steps,
-            svd=svd,
-        ).to_dict(include_all_values=True)
+
+        def summary(i=i, kw=kw):
+            _, J = runs.get(**kw)
+            svd = dense_svd(runs.dense(J)) if backend == "dense" else None
+            return an.spectrum_summary(
+                J,
+                key=jax.random.fold_in(key, 200 + i),
+                backend=backend,
+                lo=cfg.lo,
+                hi=cfg.hi,
+                num_top=min(cfg.num_top, J.shape[0]),
+                num_probes=cfg.num_probes,
+                num_steps=cfg.num_steps,
+                svd=svd,
+            ).to_dict(include_all_values=True)
+
+        out[name] = _saved(store, f"data_labels/{name}", summary)
     return out
 
 
 def run_study(
-    cfg: StudyConfig, *, key: jax.Array, progress: Callable[[str], None] | None = None
+    cfg: StudyConfig,
+    *,
+    key: jax.Array,
+    progress: Callable[[str], None] | None = None,
+    resume_dir: Any = None,
 ) -> dict:
     r"""Run the eight experiments of the paper with ``cfg.backend`` (``"both"``: each backend).
 
@@ -352,10 +414,32 @@ def run_study(
     ``num_seeds - 1`` training Jacobians (seeds only need ``J - I``); ~``num_eps`` x 2 training runs
     for the perturbations and one training run per restricted-training point. Dense: one
     materialisation (``P`` products) and one ``O(P^3)`` SVD per Jacobian.
+
+    ``resume_dir``: a folder (or :class:`~matfree_tj.linalg.RunStore`) where every finished
+    experiment's result is saved (and, matrix-free, every restart cycle of the triplet solvers);
+    running the same study with the same folder continues a killed one with the same numbers,
+    repeating at most the experiment it was in (a spectrum or restricted-training sweep is one
+    experiment). Another configuration or key with that folder is an error
+    (:class:`~matfree_tj.linalg.ResumeError`). Dense work (materialising J, its SVD) is redone.
     """
     cfg = cfg.resolved()
     log = _Progress(progress)
     t0 = time.perf_counter()
+    store = None
+    if resume_dir is not None:
+        from .. import __version__
+        from ..linalg import RunStore
+
+        store = resume_dir if isinstance(resume_dir, RunStore) else RunStore(resume_dir)
+        store.claim(
+            "study",
+            {
+                "config": dataclasses.asdict(cfg),
+                "key": np.asarray(jax.random.key_data(key)).tolist(),
+                "version": __version__,
+            },
+        )
+        log(f"saving every finished experiment in {store.path}")
     runs = _Runs(cfg, log)
     model, J = runs.get()
     log(
@@ -374,9 +458,11 @@ def run_study(
         tb = time.perf_counter()
         kb = jax.random.fold_in(key, an.BACKENDS.index(b))
         log(f"=== backend: {b}")
-        res, ctx = _experiments(model, J, cfg, b, kb, log, runs)
-        res["data_labels"] = _data_labels(cfg, b, kb, log, res["spectrum"], runs)
-        res["seeds"] = _seed_experiment(cfg, b, kb, log, ctx, runs)
+        sb = None if store is None else store.sub(b)
+        res, ctx = _experiments(model, J, cfg, b, kb, log, runs, sb)
+        res["data_labels"] = _data_labels(cfg, b, kb, log, res["spectrum"], runs, sb)
+        seeds = functools.partial(_seed_experiment, cfg, b, kb, log, ctx, runs, sb)
+        res["seeds"] = _saved(sb, "seeds", seeds)
         res["seconds"] = time.perf_counter() - tb
         results["backends"][b] = res
         log(f"backend {b} done in {res['seconds']:.1f}s")

@@ -152,6 +152,9 @@ def _lanczos_svd(
         done = load_triplets(stage)
         if done is not None:
             _say(progress, f"lanczos ({which}): finished before, {done.num_products} products")
+            if stats is not None:  # the basis it ended with (the missed-value search starts there)
+                basis = stage.load("basis")
+                stats["num_basis"] = int(basis["__meta__"]["num_basis"]) if basis else m
             return done
         saved = load_cycle(stage, dtype)
         if saved is not None:  # continue bit-identically after the last saved restart
@@ -310,6 +313,8 @@ def _lanczos_svd(
         U, V = V, U
     if stats is not None:
         stats["num_basis"] = m
+    if stage is not None:
+        stage.save("basis", {}, num_basis=int(m))
     res = finalise(
         op,
         U,
