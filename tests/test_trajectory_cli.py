@@ -141,3 +141,25 @@ def test_bad_options(problem_dir, argv, message, capsys):
         cli.main(["trajectory", *argv, "--out", "bad"])
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_resume_loads_predictions_and_distances(problem_dir, capsys):
+    """--resume DIR: a second run with the same folder loads the checkpoints' predictions and
+    the distances instead of training again, and writes the same results; another run's
+    folder is refused."""
+    argv = ["trajectory", "--problem", "trajprob:linear", "--dtype", "float64", "--every", "3"]
+    argv += ["--num-components", "4", "--no-plot", "--resume", "state"]
+    assert cli.main([*argv, "--out", "r1"]) == 0
+    first = capsys.readouterr().err
+    assert "one training run" in first and "loaded" not in first
+    assert cli.main([*argv, "--out", "r2"]) == 0
+    second = capsys.readouterr().err
+    assert "predictions loaded" in second and "distances (5 x 5) loaded" in second
+    assert "one training run" not in second
+    a, b = (json.loads((problem_dir / d / "trajectory.json").read_text()) for d in ("r1", "r2"))
+    assert a["inpca"] == b["inpca"] and a["ribbon"] == b["ribbon"]
+    assert a["settings"] == b["settings"]
+    other = ["trajectory", "--problem", "trajprob:linear", "--dtype", "float64", "--every", "4"]
+    other += ["--num-components", "3", "--no-plot", "--resume", "state", "--out", "r3"]
+    assert cli.main(other) == 1
+    assert "another run" in capsys.readouterr().err

@@ -297,6 +297,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _model_options(tr)
     tr.add_argument(
+        "--resume",
+        default=None,
+        metavar="DIR",
+        help="save the checkpoints' predictions and the distance matrix in DIR once computed; "
+        "the same command with the same DIR continues from there (another run's DIR is an "
+        "error)",
+    )
+    tr.add_argument(
+        "--restart",
+        action="store_true",
+        help="with --resume: delete the state saved in DIR and start over",
+    )
+    tr.add_argument(
         "--every",
         type=_positive_int,
         default=None,
@@ -938,28 +951,63 @@ def _trajectory(args, parser) -> int:
     t0 = time.perf_counter()
     model, label, x = _trajectory_problem(args, parser)
     kind, every, T = x["kind"], x["every"], x["T"]
-    log(
-        f"{label}: P={model.num_params}, T={T} steps; recording every {every} steps "
-        "(one training run)"
-    )
-    traj = record_trajectory(model.train_fn, model.params0, every=every)
-    m = traj.num_checkpoints
+    stage = None
+    if args.resume is not None:
+        from ..linalg import RunStore
+
+        store = RunStore(args.resume, restart=args.restart)
+        skip = ("out", "no_plot", "quiet", "resume", "restart", "_log")
+        store.claim(
+            "command",
+            {
+                "command": "trajectory",
+                "problem": _problem_name(args),
+                "model": model.config,
+                "options": {k: v for k, v in vars(args).items() if k not in skip},
+            },
+        )
+        stage = store.stage("trajectory", every=int(every), T=int(T))
+        log(f"saving the predictions and distances in {store.path}")
+    stale = os.path.join(args.out, "trajectory.json")
+    if os.path.exists(stale):  # a run that fails must not leave a previous run's results
+        os.remove(stale)
     n_in = int(jax.tree_util.tree_leaves(x["probe"])[0].shape[0])
-    log(f"{m} checkpoints; predictions on {n_in} probe inputs ({kind})")
-    output = "log_probabilities" if kind == "categorical" else "raw"
-    preds = trajectory_predictions(
-        x["apply"],
-        traj,
-        x["probe"],
-        output=output,
-        chunk_size=args.chunk_size,
-        with_model_state=x["with_state"],
-    )
-    log(f"Bhattacharyya distances ({m} x {m})")
-    if kind == "categorical":
-        D = bhattacharyya_distances(preds, kind="categorical", log=True)
+    saved = None if stage is None else stage.load("predictions")
+    if saved is not None:
+        preds, steps = saved["preds"], saved["steps"]
+        m = len(steps)
+        log(f"{m} checkpoints' predictions loaded from {args.resume}")
     else:
-        D = bhattacharyya_distances(preds, kind="gaussian", sigma=float(x["sigma"]))
+        log(
+            f"{label}: P={model.num_params}, T={T} steps; recording every {every} steps "
+            "(one training run)"
+        )
+        traj = record_trajectory(model.train_fn, model.params0, every=every)
+        m, steps = traj.num_checkpoints, np.asarray(traj.steps)
+        log(f"{m} checkpoints; predictions on {n_in} probe inputs ({kind})")
+        output = "log_probabilities" if kind == "categorical" else "raw"
+        preds = trajectory_predictions(
+            x["apply"],
+            traj,
+            x["probe"],
+            output=output,
+            chunk_size=args.chunk_size,
+            with_model_state=x["with_state"],
+        )
+        if stage is not None:
+            stage.save("predictions", {"preds": np.asarray(preds), "steps": steps})
+    saved = None if stage is None else stage.load("distances")
+    if saved is not None:
+        D = jax.numpy.asarray(saved["D"])
+        log(f"distances ({m} x {m}) loaded from {args.resume}")
+    else:
+        log(f"Bhattacharyya distances ({m} x {m})")
+        if kind == "categorical":
+            D = bhattacharyya_distances(preds, kind="categorical", log=True)
+        else:
+            D = bhattacharyya_distances(preds, kind="gaussian", sigma=float(x["sigma"]))
+        if stage is not None:
+            stage.save("distances", {"D": np.asarray(D)})
     log(f"InPCA: {args.num_components} components ({args.method})")
     res = inpca(
         D,
@@ -978,7 +1026,7 @@ def _trajectory(args, parser) -> int:
     seconds = time.perf_counter() - t0
     log(f"done in {seconds:.1f}s")
 
-    steps = np.asarray(traj.steps)
+    steps = np.asarray(steps)
     print(
         f"hyper-ribbon of {label}: {m} checkpoints (every {every} of T = {T} steps), "
         f"{n_in} probe inputs, {kind} distances, InPCA {res.method}"
