@@ -18,3 +18,23 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     ).strip()
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_code():
+    """Drop JAX's compiled executables after each test module (and each doctest module).
+
+    Every executable keeps its own memory mappings; the suite compiles thousands, and one
+    process holding them all ran into the kernel's limit on mappings (``vm.max_map_count``,
+    65,530 here), where XLA's compiler segfaulted. Tests reuse compiled code within a module
+    (module-scoped fixtures), so clearing between modules costs little."""
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()

@@ -24,6 +24,34 @@ def _clock(seconds: float) -> str:
     return (f"{h}:" if h else "") + f"{rest // 60:02d}:{rest % 60:02d}"
 
 
+_INTERRUPTED = False
+
+
+def _on_sigint(signum, frame) -> None:
+    global _INTERRUPTED
+    _INTERRUPTED = True
+    raise KeyboardInterrupt
+
+
+def catch_interrupts() -> None:
+    """Ctrl-C (SIGINT) raises KeyboardInterrupt as usual and is also remembered: a signal that
+    lands while JAX runs a Python callback from C++ can have its KeyboardInterrupt swallowed
+    there, so every progress line and update re-raises it (the solvers report after every
+    restart cycle and probe, so the run stops at the next one, its state saved)."""
+    import signal
+    import threading
+
+    global _INTERRUPTED
+    _INTERRUPTED = False  # a new command (in-process callers run several)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_sigint)
+
+
+def _check_interrupt() -> None:
+    if _INTERRUPTED:
+        raise KeyboardInterrupt
+
+
 class Progress:
     """Progress lines and a terminal bar on ``stream`` (default stderr).
 
@@ -50,6 +78,7 @@ class Progress:
         self._last = 0
 
     def __call__(self, msg: str) -> None:
+        _check_interrupt()
         if self.quiet:
             return
         line = f"[{time.perf_counter() - self.t0:7.1f}s] {msg}"
@@ -63,6 +92,7 @@ class Progress:
 
     def update(self, label: str, done: int, total: int | None, unit: str = "products") -> None:
         """The current stage has ``done`` of ``total`` (``None``: unknown) ``unit``."""
+        _check_interrupt()
         if not self.bar:
             return
         if label != self._label or done < self._last:  # a new stage (or a new solve of one)

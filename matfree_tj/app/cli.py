@@ -1167,6 +1167,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _distributed.start(args, parser)  # jax.distributed.initialize before any other JAX use
     _setup(args, parser)
+    from ._progress import catch_interrupts
+
+    catch_interrupts()
     try:
         if args.command == "spectrum":
             return _spectrum(args, parser)
