@@ -140,6 +140,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _resume_options(p: argparse.ArgumentParser, what: str) -> None:
+    """``--resume DIR`` (``what`` says what is saved) and ``--restart``."""
+    p.add_argument("--resume", default=None, metavar="DIR", help=what)
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="with --resume: delete the state saved in DIR and start over",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="matfree-tj",
@@ -205,18 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="matrix-free: also materialise J and take its dense SVD (P products, P^2 memory), "
         "overlay it on the picture and report the share of indices inside the 95%% band",
     )
-    sp.add_argument(
-        "--resume",
-        default=None,
-        metavar="DIR",
-        help="matrix-free: save progress in DIR after every restart cycle and SLQ probe; the "
+    _resume_options(
+        sp,
+        "matrix-free: save progress in DIR after every restart cycle and SLQ probe; the "
         "same command with the same DIR continues a killed or interrupted run (identical "
         "numbers); another run's DIR is an error",
-    )
-    sp.add_argument(
-        "--restart",
-        action="store_true",
-        help="with --resume: delete the state saved in DIR and start over",
     )
     _distributed.add_arguments(sp)
 
@@ -233,18 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="matrix-free",
         help="matrix-free (default), dense, or both (adds a dense vs matrix-free agreement column)",
     )
-    st.add_argument(
-        "--resume",
-        default=None,
-        metavar="DIR",
-        help="save every finished experiment (and, matrix-free, every restart cycle of the "
+    _resume_options(
+        st,
+        "save every finished experiment (and, matrix-free, every restart cycle of the "
         "triplet solvers) in DIR; the same command with the same DIR continues a killed or "
         "interrupted study with the same numbers; another study's DIR is an error",
-    )
-    st.add_argument(
-        "--restart",
-        action="store_true",
-        help="with --resume: delete the state saved in DIR and start over",
     )
     st.add_argument(
         "--num-vectors",
@@ -296,18 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
         "with each checkpoint's state.",
     )
     _model_options(tr)
-    tr.add_argument(
-        "--resume",
-        default=None,
-        metavar="DIR",
-        help="save the checkpoints' predictions and the distance matrix in DIR once computed; "
+    _resume_options(
+        tr,
+        "save the checkpoints' predictions and the distance matrix in DIR once computed; "
         "the same command with the same DIR continues from there (another run's DIR is an "
         "error)",
-    )
-    tr.add_argument(
-        "--restart",
-        action="store_true",
-        help="with --resume: delete the state saved in DIR and start over",
     )
     tr.add_argument(
         "--every",
