@@ -9,8 +9,12 @@ T = 25 steps, so that the dense Jacobian is affordable at all): for every width
 * dense: ``J.to_dense()`` + ``mtj.dense_svd`` (LAPACK ``gesdd``, float64, *values only*, the
   cheapest dense route: the paper's vectors would cost several times more);
 * ``top_singular(J, 50, method="lanczos")``, cold (compilation included) and warm;
+* the default region counts (``analysis.spectrum_summary``: top triplets deflated, then SLQ with
+  its 95% ranges), cold -- the matrix-free route to what the dense SVD is used for;
 
-and reports the speed-up and the max relative error of the top-50 against the dense values.
+and reports the speed-ups, the max relative error of the top-50 against the dense values and
+the counts' errors (% of P) against the dense counts, with whether the dense counts lie in the
+ranges.
 The largest width is the largest whose dense route fits this machine's memory and a run of
 about an hour on 2 cores (P = 19,210: J is 1.5 GB in float32, its float64 SVD ~6 GB of work
 space).
@@ -27,6 +31,7 @@ FULL = dict(
     models=[dict(kind="mlp", hidden=h, num_epochs=1) for h in (64, 128, 256)],
     k=50,
     lanczos={},
+    counts={},
     dense_timeout=5400,
     topk_timeout=1800,
 )
@@ -34,6 +39,7 @@ QUICK = dict(
     models=[dict(kind="mlp", hidden=h, num_epochs=1) for h in (16, 32)],
     k=10,
     lanczos={},
+    counts=dict(num_probes=4, num_steps=40, num_deflate=10),
     dense_timeout=300,
     topk_timeout=300,
 )
@@ -56,6 +62,11 @@ def run(quick: bool = False, out_dir=None, config: dict | None = None) -> dict:
             "lanczos": C.run_isolated(
                 "benchmarks._cases:topk",
                 dict(model=model, k=cfg["k"], method="lanczos", opts=cfg["lanczos"], warm=True),
+                timeout=cfg["topk_timeout"],
+            ),
+            "counts": C.run_isolated(
+                "benchmarks._cases:spectrum",
+                dict(model=model, **cfg.get("counts", {})),
                 timeout=cfg["topk_timeout"],
             ),
         }
@@ -119,6 +130,24 @@ def summarise(payload: dict) -> list[dict]:
                     "note": lz["note"],
                 }
             )
+        if size["cases"].get("counts"):
+            c = R._slq_summary(size["cases"]["counts"], d, s["P"], s["dense_s"])
+            if "failed" in c:
+                row["counts_note"] = c["failed"]
+            else:
+                inside = c["dense_in_range"]
+                row.update(
+                    {
+                        "counts_s": c["time_s"],
+                        "counts_speedup": s["dense_s"] / c["time_s"],
+                        "counts_products": c["products"],
+                        "counts_err": 100 * max(c["abs_err_frac_P"].values()),
+                        "counts_note": "dense in ranges: "
+                        + ("all" if inside and all(inside.values()) else str(inside))
+                        + f"; {c['num_probes']} probes x {c['num_steps']} steps, "
+                        + f"{c['num_deflated']} deflated",
+                    }
+                )
         rows.append(row)
     return rows
 
@@ -163,4 +192,24 @@ def table(payload: dict) -> str:
             ],
         )
     )
+    if any("counts_s" in r or "counts_note" in r for r in payload["summary"]):
+        lines += [
+            "",
+            "Region counts (chaotic / bulk / stable) by the default matrix-free route "
+            "(`analysis.spectrum_summary`, cold) against the dense counts; error: the largest "
+            "of the three, in % of P; ranges: the guaranteed quadrature bounds +- 2 stderr.\n",
+            C.markdown_table(
+                payload["summary"],
+                [
+                    ("hidden", "hidden", "d"),
+                    ("P", "P", "d"),
+                    ("dense_s", "dense J + SVD", C.fmt_s),
+                    ("counts_s", "counts cold", C.fmt_s),
+                    ("counts_speedup", "speed-up", ".1f"),
+                    ("counts_products", "products", "d"),
+                    ("counts_err", "max error (% of P)", ".2f"),
+                    ("counts_note", "note", "{}".format),
+                ],
+            ),
+        ]
     return "\n".join(lines) + "\n"
