@@ -79,6 +79,10 @@ def test_spectrum_summary_matrix_free_agrees_with_oracle(linreg):
     assert sum(summ.counts.values()) == pytest.approx(60, rel=1e-6)
     np.testing.assert_allclose(summ.top_singular_values, lr.singular_values[:2], rtol=1e-8)
     assert summ.num_products > 0 and summ.singular_values is None
+    # every top value carries its certificate, in the order of the values
+    assert summ.settings["top_converged"] == [True, True]
+    res = np.asarray(summ.settings["top_residuals"])
+    assert np.all(res <= 1e-6 * summ.top_singular_values + 1e-9), res
     # the study's claim rows judge a count by the same 95% range, read back from the JSON dict
     from matfree_tj.app import _claims as st
 
@@ -92,6 +96,27 @@ def test_spectrum_summary_matrix_free_agrees_with_oracle(linreg):
         )
         outside = (rng[1] + 1.0, 0.0, None)  # just above the range: disagrees
         assert not st._agree("count", outside, (x, se, rng))
+
+
+def test_spectrum_summary_marks_uncertified_top_values(linreg, capsys):
+    """A top value whose residual misses the tolerance is reported as such (settings, JSON and
+    the CLI line), never as a measured singular value."""
+    from matfree_tj.app.cli import _print_top
+
+    lr, J = linreg
+    summ = an.spectrum_summary(
+        J, key=jax.random.key(3), num_top=3, num_deflate=3, num_probes=2, num_steps=40,
+        top_opts={"tol": 1e-16, "atol": 0.0, "max_products": 86, "verify": False},
+    )  # fmt: skip
+    conv, res = summ.settings["top_converged"], summ.settings["top_residuals"]
+    assert len(conv) == len(res) == 3 and not all(conv)
+    for s_i, c, r in zip(summ.top_singular_values, conv, res, strict=True):
+        assert c == (r <= 1e-16 * s_i), (s_i, c, r)  # the flag is the residual test
+    assert summ.settings["num_deflated"] == sum(conv)  # only certified values are deflated
+    assert json.loads(json.dumps(summ.to_dict()))["settings"]["top_converged"] == conv
+    _print_top(summ)
+    out = capsys.readouterr().out
+    assert f"({sum(conv)}/3 certified" in out and out.count("NOT certified") == 3 - sum(conv)
 
 
 def test_spectrum_summary_product_budget(linreg):

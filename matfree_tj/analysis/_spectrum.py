@@ -42,7 +42,10 @@ class SpectrumSummary:
     ``singular_values`` holds all ``P`` values with the dense backend and ``None`` otherwise.
     ``settings`` (matrix-free) records how the counts were made and how far to trust them:
     ``num_probes``, ``num_steps``, ``num_deflated``, ``sigma_rest`` (the largest value left to
-    the quadrature), ``top_products``, ``top_seconds``, ``step_change`` (each count's change
+    the quadrature), ``top_products``, ``top_seconds``, ``top_converged`` and ``top_residuals``
+    (per top value, in the order of ``top_singular_values``: certified or not, and the residual
+    from fresh products; an exact singular value lies within ``residual / sqrt(2)`` of a
+    certified one; only certified values are deflated), ``step_change`` (each count's change
     from half to all of the Lanczos steps), ``quadrature_bounds`` (``{region: (lower,
     upper)}``: the guaranteed range of each count's probe average whatever the quadrature's
     bias; see :attr:`matfree_tj.RegionCounts.bounds`), ``quadrature_bounds_stderr`` (the
@@ -366,6 +369,10 @@ def spectrum_summary(
         boundaries=(lo, hi),
         rounding=100.0 * float(jax.numpy.finfo(J.dtype).eps) * float(np.max(s_top)),
     )
+    # the top values in descending order, each with its certificate (residual from fresh
+    # products; converged: an exact singular value within residual / sqrt(2))
+    order = np.argsort(-s_top, kind="stable")[: int(num_top)]
+    res_top = np.asarray(top.residuals, dtype=np.float64)
     return SpectrumSummary(
         "matrix-free",
         P,
@@ -373,7 +380,7 @@ def spectrum_summary(
         float(hi),
         counts,
         stderr,
-        np.sort(s_top)[::-1][: int(num_top)],
+        s_top[order],
         None,
         n_prod,
         time.perf_counter() - t0,
@@ -384,6 +391,8 @@ def spectrum_summary(
             sigma_rest=sigma_rest,
             top_products=int(top.num_products),
             top_seconds=t_top,
+            top_converged=[bool(c) for c in conv[order]],
+            top_residuals=[float(r) for r in res_top[order]],
             step_change=rc.step_change,
             quadrature_bounds=rc.bounds,
             quadrature_bounds_stderr=rc.bounds_stderr,
